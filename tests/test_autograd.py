@@ -1,0 +1,104 @@
+"""Regression tests for the classic autograd bugs, on the elementwise ops only."""
+import numpy as np
+import pytest
+
+from minissc import Tensor, no_grad
+from minissc.gradcheck import gradcheck
+
+
+def leaf(values, dtype=np.float64):
+    return Tensor(np.array(values, dtype=dtype), requires_grad=True)
+
+
+def test_value_used_twice_accumulates():
+    a = leaf([1.0, -2.0, 3.0])
+    (a + a).backward(np.ones(3))
+    np.testing.assert_array_equal(a.grad, [2.0, 2.0, 2.0])
+
+
+def test_square_through_mul_of_the_same_tensor():
+    a = leaf([1.0, -2.0, 3.0])
+    (a * a).sum().backward()
+    np.testing.assert_array_equal(a.grad, 2 * a.data)
+
+
+def test_diamond_graph():
+    a = leaf([0.5, 2.0])
+    b = a * 3.0
+    c = a + 1.0
+    (b * c).sum().backward()  # d/da (3a (a + 1)) = 6a + 3
+    np.testing.assert_allclose(a.grad, 6 * a.data + 3)
+
+
+def test_ten_thousand_node_chain_needs_no_recursion():
+    a = leaf([1.0])
+    x = a
+    for _ in range(10_000):
+        x = x * 1.0001
+    x.backward(np.ones(1))
+    np.testing.assert_allclose(a.grad, [1.0001 ** 10_000], rtol=1e-9)
+
+
+def test_no_grad_records_nothing():
+    a = leaf([1.0, 2.0])
+    with no_grad():
+        b = a * 2.0 + a
+    assert not b.requires_grad and b.is_leaf
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        b.sum().backward()
+    c = a * 2.0  # recording is back on after the block
+    assert c.requires_grad
+
+
+def test_second_backward_through_a_freed_graph_raises():
+    a = leaf([1.0, 2.0])
+    loss = (a * a).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+
+
+def test_second_backward_with_retain_graph_accumulates():
+    a = leaf([1.0, 2.0])
+    loss = (a * a).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    np.testing.assert_array_equal(a.grad, 2 * 2 * a.data)
+
+
+def test_leaf_grads_accumulate_over_separate_passes_until_reset():
+    a = leaf([3.0])
+    (a * 2.0).sum().backward()
+    (a * 5.0).sum().backward()
+    np.testing.assert_array_equal(a.grad, [7.0])
+    a.grad = None
+    (a * 5.0).sum().backward()
+    np.testing.assert_array_equal(a.grad, [5.0])
+
+
+def test_backward_of_a_non_scalar_needs_a_gradient():
+    a = leaf([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="grad="):
+        (a * 2.0).backward()
+    with pytest.raises(ValueError, match="shape"):
+        (a * 2.0).backward(np.ones(3))
+
+
+def test_only_inputs_that_require_grad_get_one():
+    a, b = leaf([1.0]), Tensor(np.array([2.0]))
+    (a * b).sum().backward()
+    assert b.grad is None
+    np.testing.assert_array_equal(a.grad, [2.0])
+
+
+def test_broadcast_add_and_mul_gradients():
+    a = leaf(np.random.default_rng(0).standard_normal((2, 3, 4)))
+    b = leaf(np.random.default_rng(1).standard_normal((3, 1)))
+    gradcheck(lambda a, b: a * b + b, a, b)
+
+
+def test_integer_data_is_refused_with_a_clear_message():
+    with pytest.raises(TypeError, match="int64"):
+        Tensor(np.arange(3))
+    assert Tensor(np.arange(3), dtype=np.float32).dtype == np.float32
+    assert Tensor([1, 2]).dtype == np.float32
