@@ -1,0 +1,324 @@
+"""Kernels of the super sparse convolution (SSC): shift, group point-wise conv, and both fused.
+
+All functions take and return plain NumPy arrays in NCHW layout (float32 or float64, the
+output has the input's dtype); the caller has already checked shapes and arguments.
+
+An SSC layer with kernel size k, group size G and stride s reads its C input channels in
+g = C / G groups of G. Channel j looks at one position p = j % G of the k x k grid, i.e. at the
+offset (dy_j, dx_j) = (p // k - k//2, p % k - k//2) (see `shift_offsets`), and
+
+    shift(x)[n, j, y, x] = x[n, j, y + dy_j, x + dx_j]                 (0 outside the image)
+    y[n, o, Y, X] = sum_{i<G} W[o, i] * shift(x)[n, g(o)*G + i, Y*s, X*s],  g(o) = o // (O / g)
+
+`shift_*` and `group_pointwise_*` compute the two steps on their own; `ssc_*` fold the shift
+into the point-wise loop and never store a shifted copy. A group point-wise convolution is an
+SSC whose offsets are all zero, so both use the same inner kernels.
+
+Every public function allocates its outputs and calls an `@njit` inner kernel (prefix `_`) that
+runs `prange` over independent output slices only; the weight gradient is summed per sample in
+float64 and the per-sample partials are added in a fixed order, so results are deterministic.
+Each compute function has a plain NumPy twin `<name>_reference` that reads like the equations.
+"""
+import numpy as np
+from numba import njit, prange
+
+
+def shift_offsets(channels, kernel_size, group_size):
+    """Offsets (dy, dx), int64 arrays of length `channels`, of the kernel position of each channel.
+
+    Channel j uses position p = j % group_size of the k x k grid in row-major order:
+    dy = p // k - k // 2 and dx = p % k - k // 2.
+    """
+    position = np.arange(channels, dtype=np.int64) % group_size
+    return position // kernel_size - kernel_size // 2, position % kernel_size - kernel_size // 2
+
+
+def output_size(size, stride):
+    """Output size of an SSC layer (odd kernel, padding k // 2): (size - 1) // stride + 1."""
+    return (size - 1) // stride + 1
+
+
+@njit(cache=True)
+def _valid_range(offset, stride, in_size, out_size):
+    """The output positions P whose input P * stride + offset lies inside [0, in_size).
+
+    Returns (first output position, its input position, count). Both positions are >= 0, and
+    `max(0, .)` tells the compiler so: indices `first + step` then need no negative-index
+    wrap-around, which lets LLVM vectorise the row loops.
+    """
+    first_out = max(0, (stride - 1 - offset) // stride)  # ceil(-offset / stride), at least 0
+    stop_out = min(out_size, (in_size - 1 - offset) // stride + 1)
+    first_in = max(0, first_out * stride + offset)
+    return first_out, first_in, max(0, stop_out - first_out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shift
+# ----------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _shift_kernel(x, row_offsets, col_offsets, out):
+    """out[n, c, y, x] = x[n, c, y + row_offsets[c], x + col_offsets[c]]; `out` arrives zeroed
+    and keeps its zeros where that pixel lies outside the image."""
+    batch, channels, height, width = x.shape
+    for plane in prange(batch * channels):
+        n = plane // channels
+        c = plane % channels
+        x_plane = x[n, c]
+        out_plane = out[n, c]
+        first_row, first_in_row, rows = _valid_range(row_offsets[c], 1, height, height)
+        first_col, first_in_col, cols = _valid_range(col_offsets[c], 1, width, width)
+        for row_step in range(rows):
+            for step in range(cols):
+                out_plane[first_row + row_step, first_col + step] = \
+                    x_plane[first_in_row + row_step, first_in_col + step]
+
+
+def shift_forward(x, kernel_size, group_size):
+    """Shift every channel j of x by its offset: out[n, j, y, x] = x[n, j, y + dy_j, x + dx_j]."""
+    dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
+    out = np.zeros_like(x)
+    _shift_kernel(x, dy, dx, out)
+    return out
+
+
+def shift_backward(grad_out, kernel_size, group_size):
+    """Gradient of `shift_forward`: the inverse shift, filling with zeros.
+
+    out[n, j, y, x] = x[n, j, y + dy_j, x + dx_j] copies x[n, j, y', x'] to
+    out[n, j, y' - dy_j, x' - dx_j] when that lies inside the image, so
+        grad_x[n, j, y, x] = grad_out[n, j, y - dy_j, x - dx_j]    (0 outside the image),
+    a shift by the negated offsets.
+    """
+    dy, dx = shift_offsets(grad_out.shape[1], kernel_size, group_size)
+    grad_x = np.zeros_like(grad_out)
+    _shift_kernel(grad_out, -dy, -dx, grad_x)
+    return grad_x
+
+
+# ----------------------------------------------------------------------------------------------
+# Shifted group point-wise convolution: the inner kernels of both `group_pointwise_*` and `ssc_*`
+# ----------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride, y):
+    """y[n, o, Y, X] = sum_i W[o, i] * x[n, c, Y*s + row_offsets[i], X*s + col_offsets[i]],
+    c = g(o)*G + i.
+
+    Terms whose input lies outside the image are 0 (zero padding); `y` arrives zeroed.
+    One parallel iteration per output plane y[n, o].
+    """
+    batch, channels, height, width = x.shape
+    out_channels, group_size = weight.shape
+    out_height, out_width = y.shape[2], y.shape[3]
+    outputs_per_group = out_channels // (channels // group_size)
+    for plane in prange(batch * out_channels):
+        n = plane // out_channels
+        o = plane % out_channels
+        first_channel = (o // outputs_per_group) * group_size
+        y_plane = y[n, o]
+        for i in range(group_size):
+            x_plane = x[n, first_channel + i]
+            w = weight[o, i]
+            first_row, first_in_row, rows = _valid_range(row_offsets[i], stride,
+                                                         height, out_height)
+            first_col, first_in_col, cols = _valid_range(col_offsets[i], stride,
+                                                         width, out_width)
+            for row_step in range(rows):
+                row = first_row + row_step
+                in_row = first_in_row + row_step * stride
+                if stride == 1:  # contiguous input row: LLVM vectorises this loop
+                    for step in range(cols):
+                        y_plane[row, first_col + step] += w * x_plane[in_row, first_in_col + step]
+                else:
+                    for step in range(cols):
+                        y_plane[row, first_col + step] += \
+                            w * x_plane[in_row, first_in_col + step * stride]
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
+                                       grad_x, grad_weight_per_sample):
+    """Gradients of `_shifted_pointwise_forward_kernel`, one sample n per parallel iteration.
+
+    For every term y[n, o, Y, X] += W[o, i] * x[n, c, Y*s + dy_i, X*s + dx_i] (c = g(o)*G + i):
+        grad_x[n, c, Y*s + dy_i, X*s + dx_i] += W[o, i] * grad_y[n, o, Y, X]
+        grad_weight_per_sample[n, o, i] += grad_y[n, o, Y, X] * x[n, c, Y*s + dy_i, X*s + dx_i]
+    `grad_x` arrives zeroed. The weight sums run in float64; `fastmath={"reassoc"}` lets LLVM split
+    them into vector lanes, in an order fixed at compile time (so still deterministic).
+    """
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    out_channels, group_size = weight.shape
+    batch, out_height, out_width = grad_y.shape[0], grad_y.shape[2], grad_y.shape[3]
+    outputs_per_group = out_channels // (channels // group_size)
+    for n in prange(batch):
+        for o in range(out_channels):
+            first_channel = (o // outputs_per_group) * group_size
+            grad_y_plane = grad_y[n, o]
+            for i in range(group_size):
+                x_plane = x[n, first_channel + i]
+                grad_x_plane = grad_x[n, first_channel + i]
+                w = weight[o, i]
+                first_row, first_in_row, rows = _valid_range(row_offsets[i], stride,
+                                                             height, out_height)
+                first_col, first_in_col, cols = _valid_range(col_offsets[i], stride,
+                                                             width, out_width)
+                weight_sum = 0.0
+                for row_step in range(rows):
+                    row = first_row + row_step
+                    in_row = first_in_row + row_step * stride
+                    if stride == 1:  # contiguous input row: LLVM vectorises this loop
+                        for step in range(cols):
+                            upstream = grad_y_plane[row, first_col + step]
+                            grad_x_plane[in_row, first_in_col + step] += w * upstream
+                            weight_sum += (np.float64(upstream)
+                                           * np.float64(x_plane[in_row, first_in_col + step]))
+                    else:
+                        for step in range(cols):
+                            upstream = grad_y_plane[row, first_col + step]
+                            in_col = first_in_col + step * stride
+                            grad_x_plane[in_row, in_col] += w * upstream
+                            weight_sum += (np.float64(upstream)
+                                           * np.float64(x_plane[in_row, in_col]))
+                grad_weight_per_sample[n, o, i] = weight_sum
+
+
+def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride):
+    """Allocate y (N, O, Ho, Wo) and run the forward kernel; offsets are indexed by i < G."""
+    batch, _, height, width = x.shape
+    y = np.zeros((batch, weight.shape[0], output_size(height, stride), output_size(width, stride)),
+                 dtype=x.dtype)
+    _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride, y)
+    return y
+
+
+def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, stride):
+    """Run the backward kernel; grad_W sums its float64 per-sample partials in sample order."""
+    grad_x = np.zeros_like(x)
+    grad_weight_per_sample = np.empty((x.shape[0],) + weight.shape, dtype=np.float64)
+    _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
+                                       grad_x, grad_weight_per_sample)
+    return grad_x, grad_weight_per_sample.sum(axis=0).astype(x.dtype)
+
+
+def group_pointwise_forward(x, weight, stride):
+    """Grouped 1x1 convolution with stride s, weight (O, G), g = C / G groups.
+
+    y[n, o, Y, X] = sum_{i<G} W[o, i] * x[n, g(o)*G + i, Y*s, X*s],  g(o) = o // (O / g).
+    """
+    no_offsets = np.zeros(weight.shape[1], dtype=np.int64)
+    return _shifted_pointwise_forward(x, weight, no_offsets, no_offsets, stride)
+
+
+def group_pointwise_backward(x, weight, grad_y, stride):
+    """Gradients (grad_x, grad_weight) of `group_pointwise_forward`.
+
+    y[n, o, Y, X] is linear in W[o, i] and in x[n, g(o)*G + i, Y*s, X*s], so
+        grad_x[n, g*G + i, Y*s, X*s] = sum_{o in group g} W[o, i] * grad_y[n, o, Y, X]
+        (0 at the pixels the stride skips: the transpose point-wise conv, upsampled by s),
+        grad_W[o, i] = sum_{n, Y, X} grad_y[n, o, Y, X] * x[n, g(o)*G + i, Y*s, X*s].
+    """
+    no_offsets = np.zeros(weight.shape[1], dtype=np.int64)
+    return _shifted_pointwise_backward(x, weight, grad_y, no_offsets, no_offsets, stride)
+
+
+def ssc_forward(x, weight, kernel_size, stride):
+    """Fused SSC: y = group_pointwise(shift(x)) without storing shift(x); G = weight.shape[1].
+
+    y[n, o, Y, X] = sum_{i<G} W[o, i] * x[n, g(o)*G + i, Y*s + dy_i, X*s + dx_i]  (0 outside).
+    """
+    group_size = weight.shape[1]
+    dy, dx = shift_offsets(group_size, kernel_size, group_size)
+    return _shifted_pointwise_forward(x, weight, dy, dx, stride)
+
+
+def ssc_backward(x, weight, grad_y, kernel_size, stride):
+    """Gradients (grad_x, grad_weight) of `ssc_forward`, fused, without a shifted copy of x.
+
+    With z = shift(x) and y = group_pointwise(z):
+        grad_z[n, g*G + i, Y*s, X*s] = sum_{o in group g} W[o, i] * grad_y[n, o, Y, X]
+                                       (0 at the pixels the stride skips),
+        grad_x[n, j, y, x] = grad_z[n, j, y - dy_j, x - dx_j]         (inverse shift, 0 outside),
+        grad_W[o, i] = sum_{n, Y, X} grad_y[n, o, Y, X] * x[n, g(o)*G + i, Y*s + dy_i, X*s + dx_i].
+    The first two combine to
+        grad_x[n, g*G + i, Y*s + dy_i, X*s + dx_i] = sum_{o in g} W[o, i] * grad_y[n, o, Y, X],
+    so the kernel scatters into grad_x directly.
+    """
+    group_size = weight.shape[1]
+    dy, dx = shift_offsets(group_size, kernel_size, group_size)
+    return _shifted_pointwise_backward(x, weight, grad_y, dy, dx, stride)
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy twins: the same functions written like the equations, for tests and tutorials
+# ----------------------------------------------------------------------------------------------
+
+def shift_forward_reference(x, kernel_size, group_size):
+    """NumPy twin of `shift_forward`: zero-pad by k//2, then slice each channel at its offset."""
+    pad = kernel_size // 2
+    height, width = x.shape[2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
+    out = np.empty_like(x)
+    for j in range(x.shape[1]):
+        top, left = pad + dy[j], pad + dx[j]
+        out[:, j] = padded[:, j, top:top + height, left:left + width]
+    return out
+
+
+def shift_backward_reference(grad_out, kernel_size, group_size):
+    """NumPy twin of `shift_backward`: the same slicing with negated offsets."""
+    pad = kernel_size // 2
+    height, width = grad_out.shape[2:]
+    padded = np.pad(grad_out, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dy, dx = shift_offsets(grad_out.shape[1], kernel_size, group_size)
+    grad_x = np.empty_like(grad_out)
+    for j in range(grad_out.shape[1]):
+        top, left = pad - dy[j], pad - dx[j]
+        grad_x[:, j] = padded[:, j, top:top + height, left:left + width]
+    return grad_x
+
+
+def _split_groups(array, groups):
+    """(N, groups * m, H, W) -> (N, groups, m, H, W)."""
+    batch, channels, height, width = array.shape
+    return array.reshape(batch, groups, channels // groups, height, width)
+
+
+def group_pointwise_forward_reference(x, weight, stride):
+    """NumPy twin of `group_pointwise_forward`: subsample by the stride, then one einsum."""
+    out_channels, group_size = weight.shape
+    groups = x.shape[1] // group_size
+    sampled = _split_groups(x[:, :, ::stride, ::stride], groups)       # (N, g, G, Ho, Wo)
+    grouped_weight = weight.reshape(groups, out_channels // groups, group_size)
+    y = np.einsum("goi,ngiyx->ngoyx", grouped_weight, sampled)
+    return y.reshape(x.shape[0], out_channels, *y.shape[3:])
+
+
+def group_pointwise_backward_reference(x, weight, grad_y, stride):
+    """NumPy twin of `group_pointwise_backward`: transpose einsum upsampled by the stride."""
+    out_channels, group_size = weight.shape
+    groups = x.shape[1] // group_size
+    sampled = _split_groups(x[:, :, ::stride, ::stride], groups)       # (N, g, G, Ho, Wo)
+    grouped_weight = weight.reshape(groups, out_channels // groups, group_size)
+    grouped_grad_y = _split_groups(grad_y, groups)                      # (N, g, O/g, Ho, Wo)
+    grad_x = np.zeros_like(x)
+    grad_sampled = np.einsum("goi,ngoyx->ngiyx", grouped_weight, grouped_grad_y)
+    grad_x[:, :, ::stride, ::stride] = grad_sampled.reshape(x.shape[0], x.shape[1],
+                                                            *grad_y.shape[2:])
+    grad_weight = np.einsum("ngoyx,ngiyx->goi", grouped_grad_y, sampled)
+    return grad_x, grad_weight.reshape(out_channels, group_size)
+
+
+def ssc_forward_reference(x, weight, kernel_size, stride):
+    """NumPy twin of `ssc_forward`: shift, then group point-wise convolution."""
+    shifted = shift_forward_reference(x, kernel_size, weight.shape[1])
+    return group_pointwise_forward_reference(shifted, weight, stride)
+
+
+def ssc_backward_reference(x, weight, grad_y, kernel_size, stride):
+    """NumPy twin of `ssc_backward`: group point-wise backward on shift(x), then inverse shift."""
+    group_size = weight.shape[1]
+    shifted = shift_forward_reference(x, kernel_size, group_size)
+    grad_shifted, grad_weight = group_pointwise_backward_reference(shifted, weight, grad_y, stride)
+    return shift_backward_reference(grad_shifted, kernel_size, group_size), grad_weight

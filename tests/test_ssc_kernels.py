@@ -1,0 +1,322 @@
+"""Array-level tests of the SSC kernels (`minissc.kernels.ssc`) and of the dense oracle
+(`minissc.reference`): every Numba kernel against its NumPy twin, the fused SSC against the
+dense sparse-kernel convolution, and the oracle itself against brute force and finite
+differences."""
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minissc import reference
+from minissc.kernels import ssc
+from strategies import arrays, conv_configs, seeds, ssc_configs
+
+dtypes = st.sampled_from([np.float32, np.float64])
+TWIN_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+ORACLE_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+def assert_close(actual, expected, tolerance):
+    """Same shape, and max|actual - expected| / max(1, max|expected|) <= tolerance."""
+    assert actual.shape == expected.shape
+    error = np.max(np.abs(actual - expected), initial=0.0)
+    scale = max(1.0, np.max(np.abs(expected), initial=0.0))
+    assert error / scale <= tolerance, f"relative error {error / scale:.3g} > {tolerance:.3g}"
+
+
+def ssc_problem(config, seed, dtype):
+    """x (N, C, H, W), weight (O, G) and an upstream gradient grad_y (N, O, Ho, Wo)."""
+    out_height = ssc.output_size(config["h"], config["stride"])
+    out_width = ssc.output_size(config["w"], config["stride"])
+    x = arrays(seed, (config["n"], config["c"], config["h"], config["w"]), dtype)
+    weight = arrays(seed + 1, (config["o"], config["g"]), dtype)
+    grad_y = arrays(seed + 2, (config["n"], config["o"], out_height, out_width), dtype)
+    return x, weight, grad_y
+
+
+def dense_oracle(x, weight, grad_y, kernel_size, stride):
+    """SSC forward and gradients through `reference.conv2d` with the dense sparse kernel."""
+    group_size = weight.shape[1]
+    kernel = reference.ssc_dense_kernel(weight, kernel_size)
+    layout = dict(stride=stride, padding=kernel_size // 2, groups=x.shape[1] // group_size)
+    y = reference.conv2d(x, kernel, **layout)
+    grad_x, grad_kernel = reference.conv2d_backward(x, kernel, grad_y, **layout)
+    inputs = np.arange(group_size)
+    grad_weight = grad_kernel[:, inputs, inputs // kernel_size, inputs % kernel_size]
+    return y, grad_x, grad_weight
+
+
+# ----------------------------------------------------------------------------------------------
+# Numba kernels against their NumPy twins
+# ----------------------------------------------------------------------------------------------
+
+@settings(max_examples=100)
+@given(ssc_configs(), seeds, dtypes)
+def test_shift_matches_reference(config, seed, dtype):
+    x, _, _ = ssc_problem(config, seed, dtype)
+    k, group_size = config["k"], config["g"]
+    shifted = ssc.shift_forward(x, k, group_size)
+    assert shifted.dtype == dtype
+    np.testing.assert_array_equal(shifted, ssc.shift_forward_reference(x, k, group_size))
+    np.testing.assert_array_equal(ssc.shift_backward(x, k, group_size),
+                                  ssc.shift_backward_reference(x, k, group_size))
+
+
+@settings(max_examples=100)
+@given(ssc_configs(), seeds, dtypes)
+def test_group_pointwise_matches_reference(config, seed, dtype):
+    x, weight, grad_y = ssc_problem(config, seed, dtype)
+    stride, tolerance = config["stride"], TWIN_TOLERANCE[dtype]
+    y = ssc.group_pointwise_forward(x, weight, stride)
+    assert y.dtype == dtype
+    assert_close(y, ssc.group_pointwise_forward_reference(x, weight, stride), tolerance)
+    grad_x, grad_weight = ssc.group_pointwise_backward(x, weight, grad_y, stride)
+    expected_grad_x, expected_grad_weight = ssc.group_pointwise_backward_reference(
+        x, weight, grad_y, stride)
+    assert grad_x.dtype == grad_weight.dtype == dtype
+    assert_close(grad_x, expected_grad_x, tolerance)
+    assert_close(grad_weight, expected_grad_weight, tolerance)
+
+
+@settings(max_examples=100)
+@given(ssc_configs(), seeds, dtypes)
+def test_ssc_matches_reference(config, seed, dtype):
+    x, weight, grad_y = ssc_problem(config, seed, dtype)
+    k, stride, tolerance = config["k"], config["stride"], TWIN_TOLERANCE[dtype]
+    y = ssc.ssc_forward(x, weight, k, stride)
+    assert y.dtype == dtype
+    assert_close(y, ssc.ssc_forward_reference(x, weight, k, stride), tolerance)
+    grad_x, grad_weight = ssc.ssc_backward(x, weight, grad_y, k, stride)
+    expected_grad_x, expected_grad_weight = ssc.ssc_backward_reference(x, weight, grad_y, k, stride)
+    assert grad_x.dtype == grad_weight.dtype == dtype
+    assert_close(grad_x, expected_grad_x, tolerance)
+    assert_close(grad_weight, expected_grad_weight, tolerance)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused SSC against the dense oracle, and against the unfused pair
+# ----------------------------------------------------------------------------------------------
+
+def check_against_dense_oracle(x, weight, grad_y, kernel_size, stride):
+    """Fused forward, grad_x and grad_weight against the float64 dense oracle."""
+    as_float64 = [array.astype(np.float64) for array in (x, weight, grad_y)]
+    expected_y, expected_grad_x, expected_grad_weight = dense_oracle(*as_float64, kernel_size,
+                                                                     stride)
+    tolerance = ORACLE_TOLERANCE[x.dtype.type]
+    assert_close(ssc.ssc_forward(x, weight, kernel_size, stride), expected_y, tolerance)
+    grad_x, grad_weight = ssc.ssc_backward(x, weight, grad_y, kernel_size, stride)
+    assert_close(grad_x, expected_grad_x, tolerance)
+    assert_close(grad_weight, expected_grad_weight, tolerance)
+
+
+@settings(max_examples=100)
+@given(ssc_configs(), seeds, dtypes)
+def test_ssc_matches_dense_oracle(config, seed, dtype):
+    x, weight, grad_y = ssc_problem(config, seed, dtype)
+    check_against_dense_oracle(x, weight, grad_y, config["k"], config["stride"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c, o, h, w, k, g, stride", [
+    (2, 9, 6, 1, 1, 3, 9, 1),      # a single pixel: only the centre tap sees the image
+    (2, 9, 3, 1, 7, 3, 9, 2),      # one row
+    (2, 9, 3, 6, 1, 3, 9, 1),      # one column
+    (3, 8, 6, 7, 5, 3, 4, 2),      # G < k*k, stride 2 on odd, non-square sizes
+    (1, 50, 4, 6, 9, 5, 25, 2),    # k = 5, two groups of 25
+    (2, 3, 6, 4, 5, 1, 1, 2),      # k = 1: a strided grouped 1x1 convolution
+])
+def test_edge_shapes_match_dense_oracle(n, c, o, h, w, k, g, stride, dtype):
+    config = dict(n=n, c=c, o=o, h=h, w=w, k=k, g=g, stride=stride)
+    x, weight, grad_y = ssc_problem(config, seed=7, dtype=dtype)
+    check_against_dense_oracle(x, weight, grad_y, k, stride)
+
+
+@settings(max_examples=100)
+@given(ssc_configs(), seeds, dtypes)
+def test_shift_then_group_pointwise_equals_fused_ssc(config, seed, dtype):
+    x, weight, grad_y = ssc_problem(config, seed, dtype)
+    k, group_size, stride = config["k"], config["g"], config["stride"]
+    tolerance = TWIN_TOLERANCE[dtype]
+    shifted = ssc.shift_forward(x, k, group_size)
+    assert_close(ssc.group_pointwise_forward(shifted, weight, stride),
+                 ssc.ssc_forward(x, weight, k, stride), tolerance)
+    grad_shifted, grad_weight = ssc.group_pointwise_backward(shifted, weight, grad_y, stride)
+    fused_grad_x, fused_grad_weight = ssc.ssc_backward(x, weight, grad_y, k, stride)
+    assert_close(ssc.shift_backward(grad_shifted, k, group_size), fused_grad_x, tolerance)
+    assert_close(grad_weight, fused_grad_weight, tolerance)
+
+
+@settings(max_examples=100)
+@given(ssc_configs(), seeds)
+def test_shift_backward_is_adjoint_of_shift_forward(config, seed):
+    x, _, _ = ssc_problem(config, seed, np.float64)
+    upstream = arrays(seed + 3, x.shape)
+    k, group_size = config["k"], config["g"]
+    forward_pairing = np.sum(ssc.shift_forward(x, k, group_size) * upstream)
+    backward_pairing = np.sum(x * ssc.shift_backward(upstream, k, group_size))
+    scale = max(1.0, np.sum(np.abs(x)) * np.max(np.abs(upstream)))  # bounds every partial sum
+    assert abs(forward_pairing - backward_pairing) <= 1e-13 * scale
+
+
+# ----------------------------------------------------------------------------------------------
+# Explicit cases: empty batch, k = 1, determinism
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_batch(dtype):
+    x = np.zeros((0, 18, 5, 7), dtype=dtype)
+    weight = arrays(0, (4, 9), dtype)
+    grad_y = np.zeros((0, 4, 3, 4), dtype=dtype)
+    for shifted in (ssc.shift_forward(x, 3, 9), ssc.shift_backward(x, 3, 9)):
+        assert shifted.shape == x.shape and shifted.dtype == dtype
+    for y in (ssc.group_pointwise_forward(x, weight, 2), ssc.ssc_forward(x, weight, 3, 2)):
+        assert y.shape == (0, 4, 3, 4) and y.dtype == dtype
+    for grad_x, grad_weight in (ssc.group_pointwise_backward(x, weight, grad_y, 2),
+                                ssc.ssc_backward(x, weight, grad_y, 3, 2)):
+        assert grad_x.shape == x.shape and grad_x.dtype == dtype
+        assert grad_weight.dtype == dtype
+        np.testing.assert_array_equal(grad_weight, np.zeros((4, 9)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_size_one_is_plain_group_pointwise(dtype):
+    x = arrays(1, (2, 6, 5, 4), dtype)
+    weight = arrays(2, (12, 1), dtype)
+    grad_y = arrays(3, (2, 12, 3, 2), dtype)
+    np.testing.assert_array_equal(ssc.shift_forward(x, 1, 1), x)
+    np.testing.assert_array_equal(ssc.shift_backward(x, 1, 1), x)
+    np.testing.assert_array_equal(ssc.ssc_forward(x, weight, 1, 2),
+                                  ssc.group_pointwise_forward(x, weight, 2))
+    for fused, unfused in zip(ssc.ssc_backward(x, weight, grad_y, 1, 2),
+                              ssc.group_pointwise_backward(x, weight, grad_y, 2)):
+        np.testing.assert_array_equal(fused, unfused)
+
+
+def test_shift_offsets_follow_row_major_positions():
+    dy, dx = ssc.shift_offsets(12, 3, 9)
+    np.testing.assert_array_equal(dy, [-1, -1, -1, 0, 0, 0, 1, 1, 1, -1, -1, -1])
+    np.testing.assert_array_equal(dx, [-1, 0, 1, -1, 0, 1, -1, 0, 1, -1, 0, 1])
+    assert [ssc.output_size(size, 2) for size in (1, 2, 7, 8)] == [1, 1, 4, 4]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_is_deterministic_across_thread_counts(dtype):
+    x = arrays(4, (16, 18, 12, 12), dtype)
+    weight = arrays(5, (12, 9), dtype)
+    grad_y = arrays(6, (16, 12, 12, 12), dtype)
+    first = ssc.ssc_backward(x, weight, grad_y, 3, 1)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single_thread = ssc.ssc_backward(x, weight, grad_y, 3, 1)
+    finally:
+        numba.set_num_threads(threads)
+    for a, b, c in zip(first, ssc.ssc_backward(x, weight, grad_y, 3, 1), single_thread):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# The oracle itself
+# ----------------------------------------------------------------------------------------------
+
+def brute_force_conv2d(x, kernel, stride, padding, groups):
+    """Seven nested loops straight from the definition of a grouped convolution."""
+    batch, channels, height, width = x.shape
+    out_channels, channels_per_group, kernel_height, kernel_width = kernel.shape
+    out_height = (height + 2 * padding - kernel_height) // stride + 1
+    out_width = (width + 2 * padding - kernel_width) // stride + 1
+    outputs_per_group = out_channels // groups
+    y = np.zeros((batch, out_channels, out_height, out_width))
+    for n in range(batch):
+        for o in range(out_channels):
+            first_channel = (o // outputs_per_group) * channels_per_group
+            for row in range(out_height):
+                for col in range(out_width):
+                    for c in range(channels_per_group):
+                        for r in range(kernel_height):
+                            for q in range(kernel_width):
+                                in_row = row * stride + r - padding
+                                in_col = col * stride + q - padding
+                                if 0 <= in_row < height and 0 <= in_col < width:
+                                    y[n, o, row, col] += (kernel[o, c, r, q]
+                                                          * x[n, first_channel + c, in_row, in_col])
+    return y
+
+
+def conv_problem(config, seed):
+    """x and kernel (float64) and the layout keywords of a `conv_configs` example."""
+    x = arrays(seed, (config["n"], config["c"], config["h"], config["w"]))
+    kernel = arrays(seed + 1, (config["o"], config["c"] // config["groups"],
+                               config["kh"], config["kw"]))
+    layout = dict(stride=config["stride"], padding=config["padding"], groups=config["groups"])
+    return x, kernel, layout
+
+
+@settings(max_examples=100)
+@given(conv_configs(), seeds)
+def test_oracle_conv2d_matches_brute_force(config, seed):
+    x, kernel, layout = conv_problem(config, seed)
+    assert_close(reference.conv2d(x, kernel, **layout),
+                 brute_force_conv2d(x, kernel, **layout), 1e-12)
+
+
+def central_differences(loss, array, step=1e-3):
+    """d loss / d array by central differences, perturbing `array` in place entry by entry."""
+    gradient = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        original = array[index]
+        array[index] = original + step
+        loss_plus = loss()
+        array[index] = original - step
+        loss_minus = loss()
+        array[index] = original
+        gradient[index] = (loss_plus - loss_minus) / (2 * step)
+    return gradient
+
+
+@settings(max_examples=100)
+@given(conv_configs(), seeds)
+def test_oracle_conv2d_backward_matches_finite_differences(config, seed):
+    x, kernel, layout = conv_problem(config, seed)
+    upstream = arrays(seed + 2, reference.conv2d(x, kernel, **layout).shape)
+
+    def loss():
+        return np.sum(reference.conv2d(x, kernel, **layout) * upstream)
+
+    grad_x, grad_kernel = reference.conv2d_backward(x, kernel, upstream, **layout)
+    assert_close(grad_x, central_differences(loss, x), 1e-7)
+    assert_close(grad_kernel, central_differences(loss, kernel), 1e-7)
+
+
+def test_ssc_dense_kernel_places_each_weight_at_its_position():
+    weight = np.arange(1.0, 9.0).reshape(2, 4)          # O = 2, G = 4 < k*k = 9
+    kernel = reference.ssc_dense_kernel(weight, 3)
+    assert kernel.shape == (2, 4, 3, 3)
+    for o in range(2):
+        for i in range(4):
+            expected = np.zeros((3, 3))
+            expected[i // 3, i % 3] = weight[o, i]
+            np.testing.assert_array_equal(kernel[o, i], expected)
+
+
+def test_ssc_dense_kernel_accepts_objects_holding_data():
+    class Holder:
+        data = np.ones((3, 9))
+
+    np.testing.assert_array_equal(reference.ssc_dense_kernel(Holder()),
+                                  reference.ssc_dense_kernel(np.ones((3, 9))))
+
+
+@pytest.mark.parametrize("weight, kernel_size, error, message", [
+    (np.ones(9), 3, ValueError, "weight"),
+    (np.ones((2, 10)), 3, ValueError, "kernel_size=3"),
+    (np.ones((2, 4)), 2, ValueError, "kernel_size"),
+    (np.ones((2, 1)), 0, ValueError, "kernel_size"),
+    (np.ones((2, 4)), 3.0, TypeError, "kernel_size"),
+    (np.ones((2, 4)), True, TypeError, "kernel_size"),
+])
+def test_ssc_dense_kernel_rejects_bad_arguments(weight, kernel_size, error, message):
+    with pytest.raises(error, match=message):
+        reference.ssc_dense_kernel(weight, kernel_size)
