@@ -1,0 +1,316 @@
+"""Array-level tests of the batch norm and ReLU kernels (`minissc.kernels.norm`) and of the
+dense convolution (`minissc.kernels.dense`): every Numba kernel against its NumPy twin, every
+backward against central finite differences of sum(f * R) for a random upstream gradient R,
+and the convolution against a brute-force loop."""
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from minissc.kernels import dense, norm
+from strategies import arrays, conv_configs, nchw_shapes, seeds
+
+dtypes = st.sampled_from([np.float32, np.float64])
+TWIN_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+ORACLE_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}  # against a float64 oracle
+GRADIENT_TOLERANCE = 1e-6  # float64 central differences, step 1e-6
+EPS = 1e-5
+
+
+def assert_close(actual, expected, tolerance):
+    """Same shape, and max|actual - expected| / max(1, max|expected|) <= tolerance."""
+    assert actual.shape == expected.shape
+    error = np.max(np.abs(actual - expected), initial=0.0)
+    scale = max(1.0, np.max(np.abs(expected), initial=0.0))
+    assert error / scale <= tolerance, f"relative error {error / scale:.3g} > {tolerance:.3g}"
+
+
+def finite_difference_gradient(loss, array, step=1e-6):
+    """Central differences (loss() at array + h e_i minus at array - h e_i) / 2h per entry i.
+
+    `loss` reads `array`, which is perturbed in place and restored."""
+    gradient = np.empty_like(array)
+    for index in np.ndindex(array.shape):
+        original = array[index]
+        array[index] = original + step
+        plus = loss()
+        array[index] = original - step
+        minus = loss()
+        array[index] = original
+        gradient[index] = (plus - minus) / (2 * step)
+    return gradient
+
+
+def assert_gradients_match(loss, inputs, gradients):
+    """Each analytic gradient equals the central differences of `loss` w.r.t. its input."""
+    for array, gradient in zip(inputs, gradients):
+        assert_close(gradient, finite_difference_gradient(loss, array), GRADIENT_TOLERANCE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch norm and ReLU
+# ----------------------------------------------------------------------------------------------
+
+def batch_norm_problem(shape, seed, dtype, batch_statistics):
+    """x, weight, bias, an upstream gradient grad_y, and the (mean, var) batch norm uses:
+    the batch statistics in training mode, made-up running statistics in eval mode."""
+    channels = shape[1]
+    x = arrays(seed, shape, dtype)
+    weight, bias = arrays(seed + 1, channels, dtype), arrays(seed + 2, channels, dtype)
+    grad_y = arrays(seed + 3, shape, dtype)
+    if batch_statistics:
+        mean, var = norm.batch_norm_statistics_reference(x)
+    else:
+        mean, var = arrays(seed + 4, channels, dtype), 0.5 + arrays(seed + 5, channels, dtype) ** 2
+    return x, weight, bias, grad_y, mean, var
+
+
+def inverse_std(var):
+    return (1 / np.sqrt(var + EPS)).astype(var.dtype)
+
+
+@settings(max_examples=100)
+@given(nchw_shapes(), seeds, dtypes)
+def test_batch_norm_statistics_match_reference(shape, seed, dtype):
+    x = arrays(seed, shape, dtype, scale=3.0) + 2
+    mean, var = norm.batch_norm_statistics(x)
+    expected_mean, expected_var = norm.batch_norm_statistics_reference(x)
+    assert mean.dtype == var.dtype == dtype
+    assert_close(mean, expected_mean, TWIN_TOLERANCE[dtype])
+    assert_close(var, expected_var, TWIN_TOLERANCE[dtype])
+
+
+def test_batch_norm_variance_survives_a_large_mean():
+    """float32 data of mean 1e4 and std 1: E[x^2] - mean^2 in float32 would lose every digit."""
+    x = (1e4 + arrays(0, (8, 3, 6, 6))).astype(np.float32)
+    _, var = norm.batch_norm_statistics(x)
+    assert_close(var, x.astype(np.float64).var(axis=(0, 2, 3)), 1e-6)
+
+
+@pytest.mark.parametrize("channels_per_block", [2, 3, 5])
+def test_channel_blocks_do_not_change_the_sums(channels_per_block):
+    """A channel's sums are the same whichever channels a thread sums with it."""
+    x, _, _, grad_y, mean, var = batch_norm_problem((3, 5, 4, 3), 11, np.float32, True)
+    x, grad_y = x.reshape(3, 5, 12), grad_y.reshape(3, 5, 12)
+    kernel_inputs = [
+        (norm._batch_norm_statistics_kernel, (x,)),
+        (norm._batch_norm_parameter_grad_kernel,
+         (grad_y, x, norm.relu_forward(x), mean, inverse_std(var))),
+    ]
+    for kernel, inputs in kernel_inputs:
+        one_at_a_time = np.empty(5, np.float32), np.empty(5, np.float32)
+        in_blocks = np.empty(5, np.float32), np.empty(5, np.float32)
+        kernel(*inputs, 1, *one_at_a_time)
+        kernel(*inputs, channels_per_block, *in_blocks)
+        for expected, actual in zip(one_at_a_time, in_blocks):
+            np.testing.assert_array_equal(actual, expected)
+
+
+@settings(max_examples=100)
+@given(nchw_shapes(), seeds, dtypes, st.booleans(), st.booleans())
+def test_batch_norm_forward_matches_reference(shape, seed, dtype, batch_statistics, fused):
+    x, weight, bias, _, mean, var = batch_norm_problem(shape, seed, dtype, batch_statistics)
+    arguments = (x, mean, inverse_std(var), weight, bias)
+    if fused:
+        y = norm.batch_norm_relu_forward(*arguments)
+        expected = norm.batch_norm_relu_forward_reference(*arguments)
+    else:
+        y = norm.batch_norm_forward(*arguments)
+        expected = norm.batch_norm_forward_reference(*arguments)
+    assert y.dtype == dtype
+    assert_close(y, expected, TWIN_TOLERANCE[dtype])
+
+
+@settings(max_examples=100)
+@given(nchw_shapes(), seeds, dtypes, st.booleans(), st.booleans())
+def test_batch_norm_backward_matches_reference(shape, seed, dtype, batch_statistics, fused):
+    x, weight, bias, grad_y, mean, var = batch_norm_problem(shape, seed, dtype, batch_statistics)
+    inv_std = inverse_std(var)
+    if fused:
+        y = norm.batch_norm_relu_forward(x, mean, inv_std, weight, bias)
+        arguments = (grad_y, x, y, mean, inv_std, weight, batch_statistics)
+        gradients = norm.batch_norm_relu_backward(*arguments)
+        expected = norm.batch_norm_relu_backward_reference(*arguments)
+    else:
+        arguments = (grad_y, x, mean, inv_std, weight, batch_statistics)
+        gradients = norm.batch_norm_backward(*arguments)
+        expected = norm.batch_norm_backward_reference(*arguments)
+    for gradient, expected_gradient in zip(gradients, expected):
+        assert gradient.dtype == dtype
+        assert_close(gradient, expected_gradient, TWIN_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("batch_statistics", [True, False], ids=["training", "eval"])
+@settings(max_examples=100)
+@given(shape=nchw_shapes(min_values_per_channel=2), seed=seeds, fused=st.booleans())
+def test_batch_norm_backward_matches_finite_differences(shape, seed, fused, batch_statistics):
+    """Gradients w.r.t. x, weight and bias of sum(batch_norm(x) * R) (of relu(batch_norm(x)) *
+    R when fused); in training mode the batch statistics move with x."""
+    x, weight, bias, upstream, mean, var = batch_norm_problem(shape, seed, np.float64,
+                                                              batch_statistics)
+    inv_std = inverse_std(var)
+    if fused:
+        # Difference steps move a pre-activation by ~1e-5: keep every one clear of the kink.
+        pre_activation = norm.batch_norm_forward(x, mean, inv_std, weight, bias)
+        assume(np.abs(pre_activation).min() > 1e-3)
+        y = norm.batch_norm_relu_forward(x, mean, inv_std, weight, bias)
+        gradients = norm.batch_norm_relu_backward(upstream, x, y, mean, inv_std, weight,
+                                                  batch_statistics)
+        forward = norm.batch_norm_relu_forward_reference
+    else:
+        gradients = norm.batch_norm_backward(upstream, x, mean, inv_std, weight,
+                                             batch_statistics)
+        forward = norm.batch_norm_forward_reference
+
+    def loss():
+        statistics = norm.batch_norm_statistics_reference(x) if batch_statistics else (mean, var)
+        return np.sum(forward(x, statistics[0], inverse_std(statistics[1]), weight, bias)
+                      * upstream)
+
+    assert_gradients_match(loss, (x, weight, bias), gradients)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_batch_norm_in_eval_mode_takes_an_empty_batch(fused):
+    x, weight, bias, _, mean, var = batch_norm_problem((0, 3, 4, 4), 0, np.float32, False)
+    forward, backward = ((norm.batch_norm_relu_forward, norm.batch_norm_relu_backward) if fused
+                         else (norm.batch_norm_forward, norm.batch_norm_backward))
+    y = forward(x, mean, inverse_std(var), weight, bias)
+    assert y.shape == x.shape
+    relu_output = (y,) if fused else ()
+    grad_x, grad_weight, grad_bias = backward(x, x, *relu_output, mean, inverse_std(var), weight,
+                                              False)
+    assert grad_x.shape == x.shape
+    np.testing.assert_array_equal(grad_weight, np.zeros(3))
+    np.testing.assert_array_equal(grad_bias, np.zeros(3))
+
+
+@settings(max_examples=100)
+@given(nchw_shapes(), seeds, dtypes)
+def test_relu_matches_reference(shape, seed, dtype):
+    x, grad_y = arrays(seed, shape, dtype), arrays(seed + 1, shape, dtype)
+    y = norm.relu_forward(x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, norm.relu_forward_reference(x))
+    grad_x = norm.relu_backward(grad_y, y)
+    assert grad_x.dtype == dtype
+    np.testing.assert_array_equal(grad_x, norm.relu_backward_reference(grad_y, y))
+
+
+@settings(max_examples=100)
+@given(nchw_shapes(), seeds)
+def test_relu_backward_matches_finite_differences(shape, seed):
+    """Inputs are pushed at least 0.1 away from the kink at 0."""
+    x = arrays(seed, shape)
+    x += 0.1 * np.sign(x)
+    upstream = arrays(seed + 1, shape)
+    grad_x = norm.relu_backward(upstream, norm.relu_forward(x))
+    assert_gradients_match(lambda: np.sum(norm.relu_forward_reference(x) * upstream), (x,),
+                           (grad_x,))
+
+
+def test_relu_of_an_empty_batch_is_empty():
+    x = np.zeros((0, 3, 4, 4), np.float32)
+    y = norm.relu_forward(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert norm.relu_backward(x, y).shape == x.shape
+
+
+def test_relu_keeps_nan():
+    """A NaN must reach the loss, not hide behind a ReLU (PyTorch behaves the same)."""
+    y = norm.relu_forward(np.array([np.nan, -1.0, 2.0]))
+    np.testing.assert_array_equal(y, [np.nan, 0.0, 2.0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense convolution
+# ----------------------------------------------------------------------------------------------
+
+def brute_force_conv2d(x, weight, stride, padding, groups):
+    """y[n, o, Y, X] = sum_{c, i, j} weight[o, c, i, j] * xpad[n, g*C/groups + c, Y*s + i, X*s + j]
+    with g = o // (O/groups), one output value at a time."""
+    batch, channels, height, width = x.shape
+    out_channels, group_channels, kh, kw = weight.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out_h = (height + 2 * padding - kh) // stride + 1
+    out_w = (width + 2 * padding - kw) // stride + 1
+    y = np.zeros((batch, out_channels, out_h, out_w))
+    for n, o, row, column in np.ndindex(y.shape):
+        first_channel = o // (out_channels // groups) * group_channels
+        for c, i, j in np.ndindex(group_channels, kh, kw):
+            y[n, o, row, column] += (weight[o, c, i, j]
+                                     * padded[n, first_channel + c, row * stride + i,
+                                              column * stride + j])
+    return y
+
+
+def conv_problem(config, seed, dtype):
+    """x (N, C, H, W), weight (O, C/groups, kh, kw) and an upstream gradient for the output."""
+    x = arrays(seed, (config["n"], config["c"], config["h"], config["w"]), dtype)
+    weight = arrays(seed + 1, (config["o"], config["c"] // config["groups"], config["kh"],
+                               config["kw"]), dtype)
+    out_h = (config["h"] + 2 * config["padding"] - config["kh"]) // config["stride"] + 1
+    out_w = (config["w"] + 2 * config["padding"] - config["kw"]) // config["stride"] + 1
+    grad_y = arrays(seed + 2, (config["n"], config["o"], out_h, out_w), dtype)
+    return x, weight, grad_y
+
+
+def layout(config):
+    return config["stride"], config["padding"], config["groups"]
+
+
+@settings(max_examples=100)
+@given(conv_configs(), seeds, dtypes)
+def test_conv2d_forward_matches_brute_force(config, seed, dtype):
+    x, weight, _ = conv_problem(config, seed, dtype)
+    y = dense.conv2d_forward(x, weight, *layout(config))
+    assert y.dtype == dtype and y.flags.c_contiguous
+    expected = brute_force_conv2d(x.astype(np.float64), weight.astype(np.float64),
+                                  *layout(config))
+    assert_close(y, expected, ORACLE_TOLERANCE[dtype])
+
+
+@settings(max_examples=100)
+@given(conv_configs(), seeds)
+def test_conv2d_backward_matches_finite_differences(config, seed):
+    x, weight, upstream = conv_problem(config, seed, np.float64)
+    gradients = dense.conv2d_backward(x, weight, upstream, *layout(config))
+    assert all(gradient.flags.c_contiguous for gradient in gradients)
+    assert_gradients_match(
+        lambda: np.sum(dense.conv2d_forward(x, weight, *layout(config)) * upstream),
+        (x, weight), gradients)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c, o, h, w, kh, kw, stride, padding, groups", [
+    (2, 4, 6, 5, 7, 1, 1, 1, 0, 2),   # 1x1: the columns are x itself
+    (2, 4, 6, 5, 7, 1, 1, 2, 0, 1),   # 1x1 stride 2 on odd sizes: a strided slice
+    (2, 3, 3, 6, 5, 3, 3, 2, 1, 3),   # depthwise 3x3, stride 2, padding 1
+    (1, 2, 4, 1, 1, 3, 3, 1, 1, 1),   # a single pixel: only the centre tap sees the image
+    (2, 3, 16, 8, 8, 3, 3, 1, 1, 1),  # the CIFAR stem's layout
+])
+def test_conv2d_edge_shapes(n, c, o, h, w, kh, kw, stride, padding, groups, dtype):
+    config = dict(n=n, c=c, o=o, h=h, w=w, kh=kh, kw=kw, stride=stride, padding=padding,
+                  groups=groups)
+    x, weight, upstream = conv_problem(config, 5, dtype)
+    y = dense.conv2d_forward(x, weight, *layout(config))
+    x64, weight64 = x.astype(np.float64), weight.astype(np.float64)
+    assert_close(y, brute_force_conv2d(x64, weight64, *layout(config)), ORACLE_TOLERANCE[dtype])
+    grad_x, grad_weight = dense.conv2d_backward(x, weight, upstream, *layout(config))
+    assert grad_x.dtype == grad_weight.dtype == dtype
+    upstream64 = upstream.astype(np.float64)
+    expected = [finite_difference_gradient(
+        lambda: np.sum(dense.conv2d_forward(x64, weight64, *layout(config)) * upstream64), array)
+        for array in (x64, weight64)]
+    tolerance = max(ORACLE_TOLERANCE[dtype], GRADIENT_TOLERANCE)
+    assert_close(grad_x, expected[0], tolerance)
+    assert_close(grad_weight, expected[1], tolerance)
+
+
+def test_conv2d_of_an_empty_batch_is_empty():
+    x, weight = np.zeros((0, 4, 5, 5), np.float32), np.ones((6, 2, 3, 3), np.float32)
+    y = dense.conv2d_forward(x, weight, 2, 1, 2)
+    assert y.shape == (0, 6, 3, 3) and y.dtype == np.float32
+    grad_x, grad_weight = dense.conv2d_backward(x, weight, y, 2, 1, 2)
+    assert grad_x.shape == x.shape
+    np.testing.assert_array_equal(grad_weight, np.zeros_like(weight))
