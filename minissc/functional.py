@@ -1,0 +1,513 @@
+"""The operations of minissc: the one bridge between the autograd graph and the kernels.
+
+Each op is a `Function` (forward and hand-derived backward on plain arrays, see
+`minissc.tensor`) plus a public function that checks its arguments, names any bad one in
+the error, and applies the `Function`. The heavy maths lives in `minissc.kernels`; the
+docstrings of the `Function`s give the equations of their backward passes.
+
+Shapes are NCHW. Inputs may be `Tensor`s or float arrays (float32 or float64, never mixed).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minissc.checks import (as_tensor, check_group_size, check_grouped_weight, check_int,
+                            check_kernel_size, check_ndim, check_same_dtype)
+from minissc.kernels import dense as dense_kernels
+from minissc.kernels import norm as norm_kernels
+from minissc.kernels import ssc as ssc_kernels
+from minissc.tensor import Function, Tensor
+
+
+def _reduce_to_shape(grad: np.ndarray, shape: tuple) -> np.ndarray:
+    """Undo NumPy broadcasting: sum `grad` over the axes along which an operand was expanded."""
+    if grad.shape == shape:
+        return grad
+    leading = grad.ndim - len(shape)
+    grad = grad.sum(axis=tuple(range(leading))) if leading else grad
+    expanded = tuple(axis for axis, size in enumerate(shape) if size == 1 and grad.shape[axis] != 1)
+    return grad.sum(axis=expanded, keepdims=True) if expanded else grad
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise arithmetic and reductions (used by residual connections, biases and losses).
+# --------------------------------------------------------------------------------------------
+
+
+class Add(Function):
+    """out = a + b (broadcasting); d/da = grad summed over a's broadcast axes, same for b."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        shape_a, shape_b = ctx.shapes
+        return _reduce_to_shape(grad_out, shape_a), _reduce_to_shape(grad_out, shape_b)
+
+
+class Mul(Function):
+    """out = a * b (broadcasting); d/da = grad * b, d/db = grad * a (reduced to shape)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, b = ctx.saved_arrays
+        grad_a = _reduce_to_shape(grad_out * b, a.shape) if ctx.needs_input_grad[0] else None
+        grad_b = _reduce_to_shape(grad_out * a, b.shape) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
+
+class Sum(Function):
+    """out = sum of all elements; d/dx = grad (a scalar) broadcast to x's shape."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return np.asarray(x.sum(), dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return np.broadcast_to(grad_out, ctx.shape).copy()
+
+
+class Reshape(Function):
+    """out = x viewed with a new shape; the gradient is reshaped back."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.shape
+        return x.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out.reshape(ctx.shape)
+
+
+def _operands(a, b) -> tuple[Tensor, Tensor]:
+    """Both as tensors; a Python number takes the dtype of the other operand (as in NumPy)."""
+    if isinstance(a, Tensor) and isinstance(b, (int, float)):
+        return a, Tensor(np.asarray(b, dtype=a.dtype))
+    if isinstance(b, Tensor) and isinstance(a, (int, float)):
+        return Tensor(np.asarray(a, dtype=b.dtype)), b
+    return as_tensor(a, "a"), as_tensor(b, "b")
+
+
+def add(a, b) -> Tensor:
+    """a + b with NumPy broadcasting."""
+    return Add.apply(*_operands(a, b))
+
+
+def mul(a, b) -> Tensor:
+    """a * b with NumPy broadcasting."""
+    return Mul.apply(*_operands(a, b))
+
+
+def sum(x) -> Tensor:  # noqa: A001 (mirrors torch.sum)
+    """The sum of all elements, as a tensor of shape ()."""
+    return Sum.apply(as_tensor(x, "x"))
+
+
+def reshape(x, shape) -> Tensor:
+    return Reshape.apply(as_tensor(x, "x"), shape=tuple(shape))
+
+
+# --------------------------------------------------------------------------------------------
+# Shift, group point-wise convolution and their fusion, the SSC convolution.
+# --------------------------------------------------------------------------------------------
+
+
+class Shift(Function):
+    """out[n, j, y, x] = x[n, j, y + dy_j, x + dx_j] (zero outside the image).
+
+    Channel j moves by the offset of kernel position p = j mod G. Each input pixel lands in
+    at most one output pixel, so the backward is the inverse shift:
+    dx[n, j, y, x] = dout[n, j, y - dy_j, x - dx_j] (zero where that falls outside).
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, group_size):
+        ctx.kernel_size, ctx.group_size = kernel_size, group_size
+        return ssc_kernels.shift_forward(np.ascontiguousarray(x), kernel_size, group_size)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return ssc_kernels.shift_backward(np.ascontiguousarray(grad_out),
+                                          ctx.kernel_size, ctx.group_size)
+
+
+class GroupPointwiseConv2d(Function):
+    """y[n, o, Y, X] = sum_i W[o, i] * x[n, g(o) G + i, sY, sX], g(o) = o // (O / groups).
+
+    Backward (a grouped matrix product and its transposes):
+      dW[o, i] = sum_{n,Y,X} dy[n, o, Y, X] x[n, g(o) G + i, sY, sX]
+      dx[n, g G + i, sY, sX] = sum_{o in group g} W[o, i] dy[n, o, Y, X]  (0 off the stride grid)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride):
+        x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+        ctx.stride = stride
+        ctx.save_for_backward(x, weight)
+        return ssc_kernels.group_pointwise_forward(x, weight, stride)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_arrays
+        return ssc_kernels.group_pointwise_backward(x, weight, np.ascontiguousarray(grad_out),
+                                                    ctx.stride)
+
+
+class SSCConv2d(Function):
+    """The fused SSC convolution: shift and group point-wise in one pass, no shifted copy.
+
+      y[n, o, Y, X] = sum_i W[o, i] x[n, c, sY + dy_c, sX + dx_c],  c = g(o) G + i.
+    Backward (chain rule through the shift, whose transpose is the inverse shift):
+      dW[o, i] = sum_{n,Y,X} dy[n, o, Y, X] x[n, c, sY + dy_c, sX + dx_c]
+      dx[n, c, sY + dy_c, sX + dx_c] = sum_{o in group g(c)} W[o, i] dy[n, o, Y, X]
+    (terms whose input pixel falls in the zero padding are dropped).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, kernel_size, stride):
+        x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+        ctx.kernel_size, ctx.stride = kernel_size, stride
+        ctx.save_for_backward(x, weight)
+        return ssc_kernels.ssc_forward(x, weight, kernel_size, stride)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_arrays
+        return ssc_kernels.ssc_backward(x, weight, np.ascontiguousarray(grad_out),
+                                        ctx.kernel_size, ctx.stride)
+
+
+def shift(x, kernel_size: int = 3, group_size: int | None = None) -> Tensor:
+    """Shift channel j of x by the offset of kernel position j mod group_size.
+
+    Positions are row-major on the kernel_size x kernel_size grid, centred, with zero fill
+    (spec section 2). group_size defaults to kernel_size**2 (all positions used).
+    """
+    x = as_tensor(x, "x")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    kernel_size = check_kernel_size(kernel_size)
+    group_size = kernel_size * kernel_size if group_size is None else group_size
+    group_size = check_group_size(group_size, kernel_size)
+    return Shift.apply(x, kernel_size=kernel_size, group_size=group_size)
+
+
+def group_pointwise_conv2d(x, weight, stride: int = 1) -> Tensor:
+    """Grouped 1x1 convolution with weight of shape (O, G); groups = C // G."""
+    x, weight = as_tensor(x, "x"), as_tensor(weight, "weight")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    check_same_dtype(x=x, weight=weight)
+    check_grouped_weight(x, weight)
+    stride = check_int(stride, "stride", 1)
+    return GroupPointwiseConv2d.apply(x, weight, stride=stride)
+
+
+def ssc_conv2d(x, weight, kernel_size: int = 3, stride: int = 1) -> Tensor:
+    """Super sparse convolution: weight (O, G), G <= kernel_size**2, groups = C // G.
+
+    Equals ``group_pointwise_conv2d(shift(x, kernel_size, G), weight, stride)`` and the dense
+    convolution with ``reference.ssc_dense_kernel(weight, kernel_size)``, padding k // 2.
+    """
+    x, weight = as_tensor(x, "x"), as_tensor(weight, "weight")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    check_same_dtype(x=x, weight=weight)
+    kernel_size = check_kernel_size(kernel_size)
+    check_grouped_weight(x, weight)
+    check_group_size(weight.shape[1], kernel_size)
+    stride = check_int(stride, "stride", 1)
+    return SSCConv2d.apply(x, weight, kernel_size=kernel_size, stride=stride)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch norm and ReLU.
+# --------------------------------------------------------------------------------------------
+
+
+class BatchNorm2d(Function):
+    """y = (x - mean_c) * inv_std_c * weight_c + bias_c, inv_std = 1 / sqrt(var + eps).
+
+    Training: mean and (biased) var are the batch statistics over the M = N H W values of a
+    channel, so they depend on x; with xhat = (x - mean) inv_std,
+      dbias = sum dy,  dweight = sum dy xhat,
+      dx = weight inv_std / M * (M dy - dbias - xhat dweight).
+    Eval: mean and var are the running statistics (constants): dx = dy weight inv_std.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        x, weight, bias = (np.ascontiguousarray(a) for a in (x, weight, bias))
+        if training:
+            mean, var = norm_kernels.batch_norm_statistics(x)
+            if running_mean is not None:
+                count = x.size // x.shape[1]
+                unbiased_var = var * (count / (count - 1))
+                running_mean *= 1 - momentum
+                running_mean += momentum * mean
+                running_var *= 1 - momentum
+                running_var += momentum * unbiased_var
+        else:
+            mean, var = running_mean, running_var
+        inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+        mean = np.asarray(mean, dtype=x.dtype)
+        ctx.training = training
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        return norm_kernels.batch_norm_forward(x, mean, inv_std, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mean, inv_std = ctx.saved_arrays
+        return norm_kernels.batch_norm_backward(np.ascontiguousarray(grad_out), x, mean,
+                                                inv_std, weight, ctx.training)
+
+
+class ReLU(Function):
+    """y = max(x, 0); dx = dy where y > 0, else 0 (the subgradient 0 at x = 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = norm_kernels.relu_forward(np.ascontiguousarray(x))
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_arrays
+        return norm_kernels.relu_backward(np.ascontiguousarray(grad_out), y)
+
+
+def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
+                 training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalisation of NCHW input over N, H, W per channel.
+
+    In training mode the batch statistics normalise x and, when given, `running_mean` and
+    `running_var` (float arrays of shape (C,)) are updated in place:
+    ``running = (1 - momentum) * running + momentum * batch`` (unbiased batch variance, as
+    PyTorch). In eval mode the running statistics normalise x. `weight`/`bias` default to 1/0.
+    """
+    x = as_tensor(x, "x")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    channels = x.shape[1]
+    weight = Tensor(np.ones(channels, x.dtype)) if weight is None else as_tensor(weight, "weight")
+    bias = Tensor(np.zeros(channels, x.dtype)) if bias is None else as_tensor(bias, "bias")
+    check_same_dtype(x=x, weight=weight, bias=bias)
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param.shape != (channels,):
+            raise ValueError(f"{name} must have shape ({channels},), got {tuple(param.shape)}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("give both running_mean and running_var, or neither")
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        if stat is not None and (not isinstance(stat, np.ndarray) or stat.shape != (channels,)
+                                 or stat.dtype.kind != "f"):
+            raise ValueError(f"{name} must be a float array of shape ({channels},) updated in "
+                             f"place, got {type(stat).__name__} {getattr(stat, 'shape', '')}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if training:
+        values_per_channel = x.size // max(channels, 1)
+        if values_per_channel < 2:
+            raise ValueError(f"batch norm in training mode needs more than one value per channel "
+                             f"to estimate a variance, got input shape {tuple(x.shape)}")
+    elif running_mean is None:
+        raise ValueError("eval mode (training=False) needs running_mean and running_var")
+    return BatchNorm2d.apply(x, weight, bias, running_mean=running_mean, running_var=running_var,
+                     training=bool(training), momentum=float(momentum), eps=float(eps))
+
+
+def relu(x) -> Tensor:
+    """max(x, 0), elementwise."""
+    return ReLU.apply(as_tensor(x, "x"))
+
+
+# --------------------------------------------------------------------------------------------
+# The rest of an SSC-Net: channel shuffle, dense convolution, pooling, linear, loss.
+# --------------------------------------------------------------------------------------------
+
+
+class ChannelShuffle(Function):
+    """ShuffleNet's shuffle: view C as (groups, C / groups), swap the two, flatten.
+
+    It is a permutation of channels, so the backward applies the inverse permutation, which
+    is the same shuffle with groups and C / groups exchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, x, groups):
+        ctx.groups = groups
+        return _shuffle(x, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _shuffle(grad_out, grad_out.shape[1] // ctx.groups)
+
+
+def _shuffle(x, groups):
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(
+        x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w))
+
+
+def channel_shuffle(x, groups: int) -> Tensor:
+    """Interleave the channels of `groups` groups (ShuffleNet), so each next group mixes all."""
+    x = as_tensor(x, "x")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    groups = check_int(groups, "groups", 1)
+    if x.shape[1] % groups:
+        raise ValueError(f"channels ({x.shape[1]}) must be divisible by groups ({groups})")
+    return ChannelShuffle.apply(x, groups=groups)
+
+
+class Conv2d(Function):
+    """Dense convolution (im2col + matrix product); see `minissc.kernels.dense` for the maths."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, groups):
+        x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+        ctx.stride, ctx.padding, ctx.groups = stride, padding, groups
+        ctx.save_for_backward(x, weight)
+        return dense_kernels.conv2d_forward(x, weight, stride, padding, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_arrays
+        return dense_kernels.conv2d_backward(x, weight, np.ascontiguousarray(grad_out),
+                                             ctx.stride, ctx.padding, ctx.groups)
+
+
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, groups: int = 1) -> Tensor:
+    """Dense 2-D convolution, weight (O, C // groups, kh, kw), as torch.nn.functional.conv2d."""
+    x, weight = as_tensor(x, "x"), as_tensor(weight, "weight")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    check_ndim(weight, 4, "weight", "out_channels, in_channels // groups, kh, kw")
+    bias = None if bias is None else as_tensor(bias, "bias")
+    check_same_dtype(x=x, weight=weight, bias=bias)
+    stride = check_int(stride, "stride", 1)
+    padding = check_int(padding, "padding", 0)
+    groups = check_int(groups, "groups", 1)
+    channels, out_channels = x.shape[1], weight.shape[0]
+    if channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels ({channels}) and out_channels ({out_channels}) must be "
+                         f"divisible by groups ({groups})")
+    if weight.shape[1] != channels // groups:
+        raise ValueError(f"weight.shape[1] must be in_channels // groups = {channels // groups}, "
+                         f"got weight of shape {tuple(weight.shape)}")
+    kh, kw = weight.shape[2:]
+    if x.shape[2] + 2 * padding < kh or x.shape[3] + 2 * padding < kw:
+        raise ValueError(f"kernel {kh}x{kw} is larger than the padded input "
+                         f"{x.shape[2] + 2 * padding}x{x.shape[3] + 2 * padding}")
+    out = Conv2d.apply(x, weight, stride=stride, padding=padding, groups=groups)
+    if bias is not None:
+        if bias.shape != (out_channels,):
+            raise ValueError(f"bias must have shape ({out_channels},), got {tuple(bias.shape)}")
+        out = add(out, reshape(bias, (1, out_channels, 1, 1)))
+    return out
+
+
+class GlobalAvgPool2d(Function):
+    """y[n, c] = mean over (H, W) of x[n, c]; dx[n, c, h, w] = dy[n, c] / (H W)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        n, c, h, w = ctx.shape
+        return np.broadcast_to((grad_out / (h * w))[:, :, None, None], ctx.shape).copy()
+
+
+def global_avg_pool2d(x) -> Tensor:
+    """Average over the spatial axes: (N, C, H, W) -> (N, C)."""
+    x = as_tensor(x, "x")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"global_avg_pool2d needs a non-empty image, got shape {tuple(x.shape)}")
+    return GlobalAvgPool2d.apply(x)
+
+
+class Linear(Function):
+    """y = x W^T + b; dx = dy W, dW = dy^T x, db = sum_n dy."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        y = x @ weight.T
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_arrays
+        grad_bias = grad_out.sum(axis=0) if ctx.needs_input_grad[2] else None
+        return grad_out @ weight, grad_out.T @ x, grad_bias
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """Fully connected layer, weight (out_features, in_features), as torch's F.linear."""
+    x, weight = as_tensor(x, "x"), as_tensor(weight, "weight")
+    bias = None if bias is None else as_tensor(bias, "bias")
+    check_ndim(x, 2, "x", "N, in_features")
+    check_ndim(weight, 2, "weight", "out_features, in_features")
+    check_same_dtype(x=x, weight=weight, bias=bias)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} input features but x has {x.shape[1]}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return Linear.apply(x, weight, bias)
+
+
+class CrossEntropy(Function):
+    """Mean over the batch of -sum_k t[n, k] log softmax(z[n])_k.
+
+    t is one-hot with label smoothing eps: t = (1 - eps) onehot + eps / K. With
+    log softmax(z)_k = z_k - logsumexp(z) (computed after subtracting max z, so no overflow),
+    the gradient is dz[n] = (softmax(z[n]) - t[n]) / N, since sum_k t[n, k] = 1.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, label_smoothing):
+        n, k = logits.shape
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        target = np.full_like(logits, label_smoothing / k)
+        target[np.arange(n), labels] += 1.0 - label_smoothing
+        ctx.save_for_backward(log_probs, target)
+        return np.asarray(-(target * log_probs).sum() / n, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        log_probs, target = ctx.saved_arrays
+        return grad_out * (np.exp(log_probs) - target) / len(target)
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy averaged over the batch; labels are class indices (N,)."""
+    logits = as_tensor(logits, "logits")
+    check_ndim(logits, 2, "logits", "N, classes")
+    labels = np.asarray(getattr(labels, "data", labels))
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match logits "
+                         f"{tuple(logits.shape)}, got {labels.shape}")
+    if logits.shape[0] == 0:
+        raise ValueError("cross_entropy needs at least one sample, got an empty batch")
+    classes = logits.shape[1]
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise ValueError(f"labels must be in [0, {classes}), got {bad[0]}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    return CrossEntropy.apply(logits, labels=labels.astype(np.int64),
+                              label_smoothing=float(label_smoothing))

@@ -1,0 +1,270 @@
+"""The ops through the autograd graph: equal to the dense oracle, gradient-checked, and
+strict about their arguments."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from strategies import arrays, seeds, ssc_configs
+
+import minissc.functional as F
+from minissc import Tensor, reference
+from minissc.gradcheck import gradient_errors
+
+TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+def rel_error(actual, expected):
+    return float(np.abs(actual - expected).max(initial=0.0) / max(1.0, np.abs(expected).max(initial=0.0)))
+
+
+def ssc_through_dense_oracle(x, weight, k, stride):
+    """Forward and gradients of the dense sparse-kernel convolution, upstream R = ones*seeded."""
+    kernel = reference.ssc_dense_kernel(weight, k)
+    groups = x.shape[1] // weight.shape[1]
+    y = reference.conv2d(x, kernel, stride=stride, padding=k // 2, groups=groups)
+    return kernel, groups, y
+
+
+@settings(max_examples=100)
+@given(cfg=ssc_configs(), seed=seeds, dtype=st.sampled_from([np.float64, np.float32]))
+def test_ssc_conv2d_equals_dense_sparse_kernel_convolution(cfg, seed, dtype):
+    x64 = arrays(seed, (cfg["n"], cfg["c"], cfg["h"], cfg["w"]))
+    w64 = arrays(seed + 1, (cfg["o"], cfg["g"]))
+    k, stride = cfg["k"], cfg["stride"]
+    kernel, groups, y_ref = ssc_through_dense_oracle(x64, w64, k, stride)
+    upstream = arrays(seed + 2, y_ref.shape)
+    dx_ref, dkernel_ref = reference.conv2d_backward(x64, kernel, upstream, stride=stride,
+                                                    padding=k // 2, groups=groups)
+    positions = np.arange(cfg["g"])
+    dw_ref = dkernel_ref[:, positions, positions // k, positions % k]
+
+    x = Tensor(x64.astype(dtype), requires_grad=True)
+    w = Tensor(w64.astype(dtype), requires_grad=True)
+    y = F.ssc_conv2d(x, w, kernel_size=k, stride=stride)
+    y.backward(upstream.astype(dtype))
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    for actual, expected in ((y.data, y_ref), (x.grad, dx_ref), (w.grad, dw_ref)):
+        assert rel_error(actual, expected) < TOLERANCE[dtype]
+
+
+@settings(max_examples=100)
+@given(cfg=ssc_configs(), seed=seeds)
+def test_unfused_shift_then_group_pointwise_equals_fused(cfg, seed):
+    x_fused = Tensor(arrays(seed, (cfg["n"], cfg["c"], cfg["h"], cfg["w"])), requires_grad=True)
+    w_fused = Tensor(arrays(seed + 1, (cfg["o"], cfg["g"])), requires_grad=True)
+    x_pair = Tensor(x_fused.data.copy(), requires_grad=True)
+    w_pair = Tensor(w_fused.data.copy(), requires_grad=True)
+    fused = F.ssc_conv2d(x_fused, w_fused, cfg["k"], cfg["stride"])
+    pair = F.group_pointwise_conv2d(F.shift(x_pair, cfg["k"], cfg["g"]), w_pair, cfg["stride"])
+    upstream = arrays(seed + 2, fused.shape)
+    fused.backward(upstream)
+    pair.backward(upstream)
+    assert rel_error(pair.data, fused.data) < 1e-12
+    assert rel_error(x_pair.grad, x_fused.grad) < 1e-12
+    assert rel_error(w_pair.grad, w_fused.grad) < 1e-12
+
+
+# -- gradient checks: float64, central differences on sum(f(x) * R) ------------------------
+
+def leaf(seed, shape, scale=1.0):
+    return Tensor(arrays(seed, shape, scale=scale), requires_grad=True)
+
+
+def assert_gradients_match(fn, *inputs, tolerance=1e-6):
+    errors = gradient_errors(fn, *inputs)
+    checked = [e for e, t in zip(errors, inputs) if t.requires_grad]
+    assert max(checked) < tolerance, errors
+
+
+@settings(max_examples=25)
+@given(cfg=ssc_configs(max_batch=2, max_side=5), seed=seeds)
+def test_gradcheck_ssc_shift_and_group_pointwise(cfg, seed):
+    x = leaf(seed, (cfg["n"], cfg["c"], cfg["h"], cfg["w"]))
+    w = leaf(seed + 1, (cfg["o"], cfg["g"]))
+    k, g, s = cfg["k"], cfg["g"], cfg["stride"]
+    assert_gradients_match(lambda x, w: F.ssc_conv2d(x, w, k, s), x, w)
+    assert_gradients_match(lambda x: F.shift(x, k, g), x)
+    assert_gradients_match(lambda x, w: F.group_pointwise_conv2d(x, w, s), x, w)
+
+
+@settings(max_examples=25)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 4), w=st.integers(1, 4),
+       seed=seeds, training=st.booleans())
+def test_gradcheck_batch_norm(n, c, h, w, seed, training):
+    assume(n * h * w >= 2)
+    x = leaf(seed, (n, c, h, w), scale=3.0)
+    weight, bias = leaf(seed + 1, (c,)), leaf(seed + 2, (c,))
+    running_mean = np.random.default_rng(seed).standard_normal(c)
+    running_var = np.random.default_rng(seed).uniform(0.5, 2.0, c)
+    assert_gradients_match(
+        lambda x, weight, bias: F.batch_norm2d(x, weight, bias, running_mean.copy(),
+                                               running_var.copy(), training=training),
+        x, weight, bias, tolerance=1e-5)
+
+
+@settings(max_examples=25)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4),
+                       st.integers(1, 4)), seed=seeds)
+def test_gradcheck_relu_away_from_the_kink(shape, seed):
+    x = leaf(seed, shape)
+    assume(np.abs(x.data).min() > 1e-3)
+    assert_gradients_match(F.relu, x)
+
+
+@pytest.mark.parametrize("stride,padding,groups,k,bias", [
+    (1, 1, 1, 3, False), (2, 1, 1, 3, True), (1, 0, 1, 1, False), (2, 0, 2, 1, True),
+    (1, 2, 3, 3, True)])
+def test_gradcheck_conv2d(stride, padding, groups, k, bias):
+    x = leaf(0, (2, 3 * groups, 5, 6))
+    w = leaf(1, (2 * groups, 3, k, k))
+    b = leaf(2, (2 * groups,)) if bias else Tensor(np.zeros(2 * groups))
+    assert_gradients_match(lambda x, w, b: F.conv2d(x, w, b, stride, padding, groups), x, w, b)
+
+
+def test_gradcheck_channel_shuffle_pool_linear_and_add():
+    x = leaf(0, (2, 6, 3, 4))
+    assert_gradients_match(lambda x: F.channel_shuffle(x, 3), x)
+    assert_gradients_match(F.global_avg_pool2d, x)
+    assert_gradients_match(lambda x, y: x + y, x, leaf(1, (1, 6, 1, 4)))
+    assert_gradients_match(F.linear, leaf(2, (4, 5)), leaf(3, (3, 5)), leaf(4, (3,)))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_gradcheck_cross_entropy(smoothing):
+    labels = np.array([0, 2, 1, 2])
+    assert_gradients_match(lambda z: F.cross_entropy(z, labels, smoothing), leaf(0, (4, 3)))
+
+
+# -- values the gradient check cannot see ------------------------------------------------------
+
+def test_cross_entropy_value_and_huge_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]])
+    loss = F.cross_entropy(logits, np.array([0, 1]))
+    np.testing.assert_allclose(loss.item(), (0.0 + np.log(3)) / 2)
+    smoothed = F.cross_entropy(np.zeros((1, 4)), np.array([3]), label_smoothing=0.2)
+    np.testing.assert_allclose(smoothed.item(), np.log(4))
+
+
+def test_batch_norm_running_statistics_follow_pytorch():
+    x = arrays(0, (4, 3, 2, 2), dtype=np.float64) * 2 + 1
+    running_mean, running_var = np.zeros(3), np.ones(3)
+    y = F.batch_norm2d(x, None, None, running_mean, running_var, training=True, momentum=0.1)
+    per_channel = x.transpose(1, 0, 2, 3).reshape(3, -1)
+    np.testing.assert_allclose(running_mean, 0.1 * per_channel.mean(axis=1))
+    np.testing.assert_allclose(running_var, 0.9 + 0.1 * per_channel.var(axis=1, ddof=1))
+    np.testing.assert_allclose(y.data.transpose(1, 0, 2, 3).reshape(3, -1).mean(axis=1), 0,
+                               atol=1e-12)
+    evaluated = F.batch_norm2d(x, None, None, running_mean, running_var, training=False)
+    expected = (x - running_mean[:, None, None]) / np.sqrt(running_var[:, None, None] + 1e-5)
+    np.testing.assert_allclose(evaluated.data, expected)
+
+
+def test_channel_shuffle_interleaves_groups():
+    x = np.arange(6, dtype=np.float64).reshape(1, 6, 1, 1)
+    np.testing.assert_array_equal(F.channel_shuffle(x, 2).data.ravel(), [0, 3, 1, 4, 2, 5])
+
+
+def test_empty_batch_and_non_contiguous_input():
+    weight = arrays(1, (4, 9), dtype=np.float32)
+    empty = Tensor(np.zeros((0, 18, 5, 5), np.float32), requires_grad=True)
+    out = F.ssc_conv2d(empty, weight, 3, 2)
+    assert out.shape == (0, 4, 3, 3)
+    out.backward(np.zeros(out.shape, np.float32))
+    assert empty.grad.shape == empty.shape
+    for op in (lambda t: F.shift(t, 3), F.relu, lambda t: F.group_pointwise_conv2d(t, weight)):
+        assert op(empty).shape[0] == 0
+    wide = arrays(2, (2, 5, 7, 18), dtype=np.float64)
+    x = wide.transpose(0, 3, 1, 2)  # (2, 18, 5, 7), not contiguous
+    assert not x.flags.c_contiguous
+    w64 = weight.astype(np.float64)
+    expected = F.ssc_conv2d(np.ascontiguousarray(x), w64).data
+    np.testing.assert_array_equal(F.ssc_conv2d(x, w64).data, expected)
+    np.testing.assert_array_equal(F.relu(x).data, np.maximum(x, 0))
+
+
+# -- bad input gets a clear error ----------------------------------------------------------------
+
+X = np.zeros((2, 18, 6, 6), np.float32)
+W = np.zeros((4, 9), np.float32)
+BAD_CALLS = [
+    ("3-D input", lambda: F.ssc_conv2d(X[0], W), ValueError, r"x must have 4 dimensions.*\(18, 6, 6\)"),
+    ("channels not divisible", lambda: F.ssc_conv2d(X[:, :16], W), ValueError, r"input channels \(16\).*9"),
+    ("out not divisible by groups", lambda: F.ssc_conv2d(X, W[:3]), ValueError, r"weight.shape\[0\] = 3.*groups"),
+    ("group_size > k*k", lambda: F.ssc_conv2d(X, W, kernel_size=1), ValueError, r"group_size must be <= kernel_size\*\*2 = 1.*got 9"),
+    ("even kernel", lambda: F.ssc_conv2d(X, W, kernel_size=4), ValueError, r"kernel_size must be odd.*got 4"),
+    ("zero kernel", lambda: F.shift(X, kernel_size=0), ValueError, r"kernel_size must be >= 1, got 0"),
+    ("negative kernel", lambda: F.shift(X, kernel_size=-3), ValueError, r"kernel_size must be >= 1, got -3"),
+    ("float kernel", lambda: F.shift(X, kernel_size=3.0), TypeError, r"kernel_size must be an integer, got 3.0"),
+    ("stride 0", lambda: F.ssc_conv2d(X, W, stride=0), ValueError, r"stride must be >= 1, got 0"),
+    ("stride 0 pointwise", lambda: F.group_pointwise_conv2d(X, W, stride=0), ValueError, r"stride must be >= 1, got 0"),
+    ("integer input", lambda: F.ssc_conv2d(X.astype(np.int64), W), TypeError, r"x has dtype int64"),
+    ("integer weight", lambda: F.ssc_conv2d(X, W.astype(np.int32)), TypeError, r"weight has dtype int32"),
+    ("mixed dtypes", lambda: F.ssc_conv2d(X, W.astype(np.float64)), TypeError, r"x is float32, weight is float64"),
+    ("1-D weight", lambda: F.ssc_conv2d(X, W.ravel()), ValueError, r"weight must have 2 dimensions.*\(36,\)"),
+    ("shift group too big", lambda: F.shift(X, 3, group_size=10), ValueError, r"group_size must be <= kernel_size\*\*2 = 9.*got 10"),
+    ("conv weight shape", lambda: F.conv2d(X, np.zeros((4, 5, 3, 3), np.float32)), ValueError, r"weight.shape\[1\] must be in_channels // groups = 18"),
+    ("bn weight shape", lambda: F.batch_norm2d(X, np.ones(3, np.float32)), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
+    ("bn one value per channel", lambda: F.batch_norm2d(X[:1, :, :1, :1]), ValueError, r"more than one value per channel"),
+    ("label out of range", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 3])), ValueError, r"labels must be in \[0, 3\), got 3"),
+    ("negative label", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([-1, 0])), ValueError, r"got -1"),
+    ("float labels", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([0.0, 1.0])), TypeError, r"labels must be integer"),
+    ("shuffle groups", lambda: F.channel_shuffle(X, 4), ValueError, r"channels \(18\) must be divisible by groups \(4\)"),
+    ("linear features", lambda: F.linear(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32)), ValueError, r"5 input features but x has 3"),
+    ("not an array", lambda: F.relu("abc"), TypeError, r"x must be a Tensor or a NumPy array, got str"),
+]
+
+
+@pytest.mark.parametrize("case,call,error,message", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_gets_a_clear_error(case, call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_reference_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="kernel_size"):
+        reference.ssc_dense_kernel(W, 4)
+    with pytest.raises(ValueError, match="group"):
+        reference.ssc_dense_kernel(np.zeros((4, 10)), 3)
+
+
+# -- no JIT -------------------------------------------------------------------------------------
+
+NO_JIT_SCRIPT = r"""
+import numpy as np
+import minissc.functional as F
+from minissc import Tensor, reference
+rng = np.random.default_rng(0)
+for k, g, stride in [(3, 9, 1), (3, 5, 2), (5, 7, 2), (1, 1, 1)]:
+    x = Tensor(rng.standard_normal((2, 2 * g, 6, 5)), requires_grad=True)
+    w = Tensor(rng.standard_normal((4, g)), requires_grad=True)
+    y = F.ssc_conv2d(x, w, k, stride)
+    kernel = reference.ssc_dense_kernel(w.data, k)
+    expected = reference.conv2d(x.data, kernel, stride=stride, padding=k // 2, groups=2)
+    assert np.allclose(y.data, expected, rtol=1e-10, atol=1e-10), "ssc forward"
+    R = rng.standard_normal(y.shape)
+    y.backward(R)
+    dx, dk = reference.conv2d_backward(x.data, kernel, R, stride=stride, padding=k // 2, groups=2)
+    p = np.arange(g)
+    assert np.allclose(x.grad, dx, atol=1e-10) and np.allclose(w.grad, dk[:, p, p // k, p % k], atol=1e-10)
+    pair = F.group_pointwise_conv2d(F.shift(x, k, g), w, stride)
+    assert np.allclose(pair.data, y.data, atol=1e-12), "shift + pointwise"
+z = rng.standard_normal((3, 4, 5, 5))
+bn = F.batch_norm2d(z, None, None, np.zeros(4), np.ones(4))
+assert np.allclose(bn.data.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+assert np.array_equal(F.relu(z).data, np.maximum(z, 0))
+import numba
+assert numba.config.DISABLE_JIT
+print("ok")
+"""
+
+
+def test_package_is_correct_without_jit():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    result = subprocess.run([sys.executable, "-c", NO_JIT_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
