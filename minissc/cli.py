@@ -1,0 +1,123 @@
+"""The ``minissc`` command: train, eval, plot, summary.
+
+Errors a user can fix (a bad option, a missing file, a checkpoint of another model) print
+one line, ``minissc: error: ...``, and exit with status 1, without a traceback; set
+MINISSC_DEBUG=1 to see the traceback anyway.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_DATA_DIR = os.environ.get("MINISSC_DATA", "data")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minissc", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model of the zoo on CIFAR")
+    train.add_argument("--model", default="sscresnet20", help="zoo name (see `minissc summary`)")
+    train.add_argument("--r", type=int, help="SSC module: outputs per SSC2 group (1, 2, 4)")
+    train.add_argument("--e", type=int, help="Shift-Net module: expansion (1, 3, 6, 9)")
+    train.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
+    train.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                       help="folder with the CIFAR archive or its extracted folder "
+                            "(default: $MINISSC_DATA or ./data)")
+    train.add_argument("--no-download", action="store_true",
+                       help="never download the data set; fail if it is not in --data-dir")
+    train.add_argument("--no-verify", action="store_true",
+                       help="accept a local archive whose md5 differs from the official one")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    train.add_argument("--schedule", default="onecycle",
+                       choices=("onecycle", "cosine", "step", "constant"))
+    train.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine warm-up length")
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--nesterov", action="store_true")
+    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    train.add_argument("--subset", type=int, help="train on N images, balanced over classes")
+    train.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, help="run folder (metrics, checkpoints, summary)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--time-limit", type=float, metavar="MINUTES",
+                       help="stop after this many minutes of training")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("eval", help="test accuracy of a checkpoint")
+    evaluate.add_argument("checkpoint", help="a run's checkpoint.npz or best.npz")
+    evaluate.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    evaluate.add_argument("--no-download", action="store_true")
+    evaluate.add_argument("--no-verify", action="store_true")
+
+    plot = commands.add_parser("plot", help="learning curves of run folders, as a PNG")
+    plot.add_argument("runs", nargs="+", help="run folders")
+    plot.add_argument("--out", help="PNG path (default: curves.png in the first run folder)")
+
+    summary = commands.add_parser("summary", help="per-layer shapes, parameters and MACs")
+    summary.add_argument("model")
+    summary.add_argument("--num-classes", type=int, default=10)
+    summary.add_argument("--r", type=int)
+    summary.add_argument("--e", type=int)
+    return parser
+
+
+def _model_options(args) -> dict:
+    return {name: getattr(args, name) for name in ("r", "e") if getattr(args, name) is not None}
+
+
+def _run(args) -> None:
+    if args.command == "train":
+        from minissc.train import TrainConfig, train
+        config = TrainConfig(
+            model=args.model, model_options=_model_options(args), dataset=args.dataset,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+            warmup_epochs=args.warmup_epochs, momentum=args.momentum, nesterov=args.nesterov,
+            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+            augment=not args.no_augment, subset=args.subset, test_subset=args.test_subset,
+            seed=args.seed)
+        summary = train(config, args.out, args.data_dir, resume=args.resume,
+                        time_limit_minutes=args.time_limit, progress=not args.no_progress,
+                        download=not args.no_download, verify_md5=not args.no_verify)
+        print(f"{summary['model']}: best test accuracy {100 * summary['best_test_acc']:.2f}%, "
+              f"last {100 * summary['last_test_acc']:.2f}% after {summary['epochs_completed']} "
+              f"complete epoch(s), {summary['images_per_second']:.0f} img/s "
+              f"({summary['train_seconds'] / 60:.1f} min); run folder {args.out}")
+    elif args.command == "eval":
+        from minissc.train import evaluate_checkpoint
+        result = evaluate_checkpoint(args.checkpoint, args.data_dir, not args.no_download,
+                                     not args.no_verify)
+        print(f"{result['model']} (epoch {result['epoch']}): test accuracy "
+              f"{100 * result['test_acc']:.2f}%, loss {result['test_loss']:.4f} on "
+              f"{result['test_images']} images")
+    elif args.command == "plot":
+        from minissc.plots import plot_runs
+        out = args.out or os.path.join(args.runs[0], "curves.png")
+        print(plot_runs(args.runs, out))
+    elif args.command == "summary":
+        from minissc.summary import summary_text
+        print(summary_text(args.model, num_classes=args.num_classes, **_model_options(args)))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from minissc.checkpoint import CheckpointError
+    from minissc.train import TrainingDiverged
+    try:
+        _run(args)
+    except KeyboardInterrupt:
+        print("minissc: interrupted; the last complete epoch's checkpoint is kept "
+              "(continue with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, OSError, CheckpointError, TrainingDiverged) as error:
+        if os.environ.get("MINISSC_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"minissc: error: {message}", file=sys.stderr)
+        return 1
+    return 0

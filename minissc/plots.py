@@ -1,0 +1,52 @@
+"""Learning curves of run folders: loss, accuracy and the train-test gap, as one PNG."""
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {path} is missing")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_label(run_dir: str) -> str:
+    return os.path.basename(os.path.normpath(run_dir))
+
+
+def plot_runs(run_dirs: list[str], out_path: str) -> str:
+    """Draw train/test loss, train/test accuracy and train - test accuracy per epoch."""
+    histories = [(run_label(d), read_metrics(d)) for d in run_dirs]
+    figure, (loss_ax, acc_ax, gap_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for index, (label, history) in enumerate(histories):
+        color = f"C{index % 10}"
+        epochs = [row["epoch"] for row in history]
+        loss_ax.plot(epochs, [r["train_loss"] for r in history], "--", color=color,
+                     label=f"{label} train")
+        loss_ax.plot(epochs, [r["test_loss"] for r in history], "-", color=color,
+                     label=f"{label} test")
+        acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "--", color=color)
+        acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "-", color=color,
+                    marker="o", markersize=3)
+        gap_ax.plot(epochs, [100 * (r["train_acc"] - r["test_acc"]) for r in history], "-",
+                    color=color, marker="o", markersize=3, label=label)
+    loss_ax.set(title="loss (dashed: train, solid: test)", xlabel="epoch", ylabel="cross-entropy")
+    acc_ax.set(title="accuracy (dashed: train, solid: test)", xlabel="epoch", ylabel="%")
+    gap_ax.set(title="train - test accuracy gap", xlabel="epoch", ylabel="percentage points")
+    gap_ax.axhline(0, color="grey", linewidth=0.8)
+    loss_ax.legend(fontsize=8)
+    for ax in (loss_ax, acc_ax, gap_ax):
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    figure.savefig(out_path, dpi=110)
+    plt.close(figure)
+    return out_path

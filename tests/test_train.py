@@ -1,0 +1,171 @@
+"""Training end to end on a tiny synthetic data set: it learns, it resumes exactly, and the
+CLI reports bad input in one line."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from synthetic import write_synthetic_cifar10
+
+from minissc import cli, data
+from minissc.checkpoint import load_checkpoint
+from minissc.optim import SGD, CosineSchedule, OneCycleSchedule, StepSchedule, make_schedule
+from minissc.train import TrainConfig, train
+from minissc.nn import Parameter
+
+DETERMINISTIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_synthetic_cifar10(str(tmp_path_factory.mktemp("cifar")))
+
+
+def quick_config(**overrides):
+    settings = dict(model="sscresnet20", model_options={"r": 4}, epochs=2, batch_size=25,
+                    lr=0.05, schedule="cosine", seed=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_two_epochs_learn_and_write_the_run_folder(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    summary = train(quick_config(), out, data_dir, progress=False, download=False)
+    assert summary["epochs_completed"] == 2
+    assert summary["last_test_acc"] > 0.5, summary  # chance is 0.1
+    assert summary["parameters"] > 0 and summary["macs"] > 0
+    for name in ("config.json", "metrics.csv", "metrics.json", "checkpoint.npz", "best.npz",
+                 "summary.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "metrics.csv")) as f:
+        assert len(f.read().strip().splitlines()) == 3
+    arrays, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert meta["epoch"] == 2 and any(k.startswith("optimizer/") for k in arrays)
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(data_dir, tmp_path, monkeypatch):
+    reference = train(quick_config(), str(tmp_path / "a"), data_dir, progress=False,
+                      download=False)
+    calls = {"n": 0}
+    real_batches = data.batches
+
+    def interrupt_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        for step, index in enumerate(real_batches(*args, **kwargs)):
+            if calls["n"] == 2 and step == 2:
+                raise KeyboardInterrupt
+            yield index
+
+    monkeypatch.setattr(data, "batches", interrupt_in_epoch_two)
+    out = str(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train(quick_config(), out, data_dir, progress=False, download=False)
+    monkeypatch.setattr(data, "batches", real_batches)
+    resumed = train(quick_config(), out, data_dir, resume=True, progress=False, download=False)
+
+    with open(tmp_path / "a" / "metrics.json") as f:
+        history_a = json.load(f)
+    with open(tmp_path / "b" / "metrics.json") as f:
+        history_b = json.load(f)
+    for row_a, row_b in zip(history_a, history_b, strict=True):
+        assert {k: row_a[k] for k in DETERMINISTIC_FIELDS} == \
+               {k: row_b[k] for k in DETERMINISTIC_FIELDS}
+    weights_a, _ = load_checkpoint(str(tmp_path / "a" / "checkpoint.npz"))
+    weights_b, _ = load_checkpoint(str(tmp_path / "b" / "checkpoint.npz"))
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        np.testing.assert_array_equal(weights_a[name], weights_b[name], err_msg=name)
+    assert resumed["last_test_acc"] == reference["last_test_acc"]
+
+
+def test_existing_run_is_not_overwritten_and_resume_must_match(data_dir, tmp_path):
+    out = str(tmp_path / "run")
+    train(quick_config(epochs=1), out, data_dir, progress=False, download=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(quick_config(epochs=1), out, data_dir, progress=False, download=False)
+    with pytest.raises(ValueError, match="lr: 0.05 -> 0.2"):
+        train(quick_config(epochs=1, lr=0.2), out, data_dir, resume=True, progress=False,
+              download=False)
+
+
+def test_time_limit_stops_early_with_a_partial_epoch(data_dir, tmp_path):
+    summary = train(quick_config(epochs=50), str(tmp_path / "run"), data_dir,
+                    time_limit_minutes=1e-4, progress=False, download=False)
+    assert summary["stopped_by"] == "time limit" and summary["epochs_completed"] == 0
+
+
+# -- optimiser and schedules ---------------------------------------------------------------------
+
+def test_sgd_matches_the_pytorch_update_rule():
+    p = Parameter(np.array([1.0, -2.0]))
+    optimizer = SGD([p], lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
+    velocity, value = np.zeros(2), p.data.copy()
+    for grad in ([0.5, 0.5], [-1.0, 2.0]):
+        p.grad = np.array(grad)
+        optimizer.step()
+        g = np.array(grad) + 0.01 * value
+        velocity = 0.9 * velocity + g
+        value = value - 0.1 * (g + 0.9 * velocity)
+        np.testing.assert_allclose(p.data, value)
+
+
+def test_schedule_values_at_known_steps():
+    step = StepSchedule(0.1, total_steps=164 * 391, steps_per_epoch=391)
+    assert step(0) == 0.1 and step(81 * 391 - 1) == 0.1
+    assert math.isclose(step(81 * 391), 0.01) and math.isclose(step(122 * 391), 0.001)
+    cosine = CosineSchedule(0.1, total_steps=100, warmup_steps=10)
+    assert math.isclose(cosine(0), 0.01) and math.isclose(cosine(9), 0.1)
+    assert math.isclose(cosine(55), 0.05) and math.isclose(cosine(100), 0.0, abs_tol=1e-12)
+    cycle = OneCycleSchedule(0.1, total_steps=100)
+    assert math.isclose(cycle(0), 0.004) and math.isclose(cycle(29), 0.1)
+    assert math.isclose(cycle(99), 0.004 / 1e4) and cycle(50) < 0.1
+    assert make_schedule("constant", 0.3, 10, 5)(7) == 0.3
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        make_schedule("linear", 0.1, 10, 5)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_cli_train_plot_eval_and_summary(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "--model", "sscresnet20", "--r", "4", "--epochs", "1",
+                     "--batch-size", "50", "--data-dir", data_dir, "--out", out,
+                     "--no-download", "--no-progress"]) == 0
+    assert "best test accuracy" in capsys.readouterr().out
+    assert cli.main(["plot", out]) == 0
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+    assert cli.main(["eval", os.path.join(out, "best.npz"), "--data-dir", data_dir,
+                     "--no-download"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert cli.main(["summary", "resnet20"]) == 0
+    assert "272,474" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--model", "resnet21"], "resnet21"),
+    (["train", "--epochs", "0"], "epochs must be a positive integer, got 0"),
+    (["train", "--batch-size", "-5"], "batch_size must be a positive integer, got -5"),
+    (["train", "--lr", "0"], "lr must be > 0"),
+    (["train", "--lr", "nan"], "lr must be a finite number"),
+    (["train", "--model", "resnet20", "--r", "2"], "r"),
+    (["train", "--subset", "15"], "subset must be a multiple of the 10 classes"),
+    (["eval", "no/such/checkpoint.npz"], "does not exist"),
+    (["plot", "no/such/run"], "not a run folder"),
+    (["summary", "sscresnet20", "--r", "3"], "r"),
+])
+def test_cli_errors_are_one_line_with_status_1(argv, message, data_dir, tmp_path, capsys):
+    if argv[0] == "train":
+        argv = argv + ["--data-dir", data_dir, "--out", str(tmp_path / "run"), "--no-download",
+                       "--no-progress"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minissc: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_reports_missing_data_plainly(tmp_path, capsys):
+    assert cli.main(["train", "--data-dir", str(tmp_path / "empty"), "--out",
+                     str(tmp_path / "run"), "--no-download", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "cifar-10-python.tar.gz" in err and "minissc: error:" in err
