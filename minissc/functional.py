@@ -171,21 +171,22 @@ class SSCConv2d(Function):
     Backward (chain rule through the shift, whose transpose is the inverse shift):
       dW[o, i] = sum_{n,Y,X} dy[n, o, Y, X] x[n, c, sY + dy_c, sX + dx_c]
       dx[n, c, sY + dy_c, sX + dx_c] = sum_{o in group g(c)} W[o, i] dy[n, o, Y, X]
-    (terms whose input pixel falls in the zero padding are dropped).
+    (terms whose input pixel falls in the zero padding are dropped). With a channel shuffle
+    folded in front, x[n, c] reads x[n, perm(c)] and dx is written back through perm.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, kernel_size, stride):
+    def forward(ctx, x, weight, kernel_size, stride, shuffle_groups):
         x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
-        ctx.kernel_size, ctx.stride = kernel_size, stride
+        ctx.kernel_size, ctx.stride, ctx.shuffle_groups = kernel_size, stride, shuffle_groups
         ctx.save_for_backward(x, weight)
-        return ssc_kernels.ssc_forward(x, weight, kernel_size, stride)
+        return ssc_kernels.ssc_forward(x, weight, kernel_size, stride, shuffle_groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_arrays
         return ssc_kernels.ssc_backward(x, weight, np.ascontiguousarray(grad_out),
-                                        ctx.kernel_size, ctx.stride)
+                                        ctx.kernel_size, ctx.stride, ctx.shuffle_groups)
 
 
 def shift(x, kernel_size: int = 3, group_size: int | None = None) -> Tensor:
@@ -212,11 +213,14 @@ def group_pointwise_conv2d(x, weight, stride: int = 1) -> Tensor:
     return GroupPointwiseConv2d.apply(x, weight, stride=stride)
 
 
-def ssc_conv2d(x, weight, kernel_size: int = 3, stride: int = 1) -> Tensor:
+def ssc_conv2d(x, weight, kernel_size: int = 3, stride: int = 1, *,
+               shuffle_groups: int = 1) -> Tensor:
     """Super sparse convolution: weight (O, G), G <= kernel_size**2, groups = C // G.
 
     Equals ``group_pointwise_conv2d(shift(x, kernel_size, G), weight, stride)`` and the dense
     convolution with ``reference.ssc_dense_kernel(weight, kernel_size)``, padding k // 2.
+    ``shuffle_groups=g`` computes ``ssc_conv2d(channel_shuffle(x, g), ...)`` without the
+    shuffled copy (the SSC module's shuffle, folded into the second SSC layer's reads).
     """
     x, weight = as_tensor(x, "x"), as_tensor(weight, "weight")
     check_ndim(x, 4, "x", "N, C, H, W")
@@ -225,7 +229,12 @@ def ssc_conv2d(x, weight, kernel_size: int = 3, stride: int = 1) -> Tensor:
     check_grouped_weight(x, weight)
     check_group_size(weight.shape[1], kernel_size)
     stride = check_int(stride, "stride", 1)
-    return SSCConv2d.apply(x, weight, kernel_size=kernel_size, stride=stride)
+    shuffle_groups = check_int(shuffle_groups, "shuffle_groups", 1)
+    if x.shape[1] % shuffle_groups:
+        raise ValueError(f"channels ({x.shape[1]}) must be divisible by shuffle_groups "
+                         f"({shuffle_groups})")
+    return SSCConv2d.apply(x, weight, kernel_size=kernel_size, stride=stride,
+                           shuffle_groups=shuffle_groups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,10 +250,13 @@ class BatchNorm2d(Function):
       dbias = sum dy,  dweight = sum dy xhat,
       dx = weight inv_std / M * (M dy - dbias - xhat dweight).
     Eval: mean and var are the running statistics (constants): dx = dy weight inv_std.
+    With apply_relu the output is relu(y), computed in the same pass; its backward first
+    masks dy by y > 0 (the ReLU's backward) and then is the batch norm's.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
+                apply_relu):
         x, weight, bias = (np.ascontiguousarray(a) for a in (x, weight, bias))
         if training:
             mean, var = norm_kernels.batch_norm_statistics(x)
@@ -260,14 +272,22 @@ class BatchNorm2d(Function):
         inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
         mean = np.asarray(mean, dtype=x.dtype)
         ctx.training = training
-        ctx.save_for_backward(x, weight, mean, inv_std)
-        return norm_kernels.batch_norm_forward(x, mean, inv_std, weight, bias)
+        if not apply_relu:
+            ctx.save_for_backward(x, weight, mean, inv_std, None)
+            return norm_kernels.batch_norm_forward(x, mean, inv_std, weight, bias)
+        y = norm_kernels.batch_norm_relu_forward(x, mean, inv_std, weight, bias)
+        ctx.save_for_backward(x, weight, mean, inv_std, y)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, mean, inv_std = ctx.saved_arrays
-        return norm_kernels.batch_norm_backward(np.ascontiguousarray(grad_out), x, mean,
-                                                inv_std, weight, ctx.training)
+        x, weight, mean, inv_std, relu_output = ctx.saved_arrays
+        grad_out = np.ascontiguousarray(grad_out)
+        if relu_output is None:
+            return norm_kernels.batch_norm_backward(grad_out, x, mean, inv_std, weight,
+                                                    ctx.training)
+        return norm_kernels.batch_norm_relu_backward(grad_out, x, relu_output, mean, inv_std,
+                                                     weight, ctx.training)
 
 
 class ReLU(Function):
@@ -294,6 +314,19 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
     ``running = (1 - momentum) * running + momentum * batch`` (unbiased batch variance, as
     PyTorch). In eval mode the running statistics normalise x. `weight`/`bias` default to 1/0.
     """
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                       apply_relu=False)
+
+
+def batch_norm_relu2d(x, weight=None, bias=None, running_mean=None, running_var=None,
+                      training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``relu(batch_norm2d(x, ...))`` in one pass, without storing the batch norm's output."""
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                       apply_relu=True)
+
+
+def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                apply_relu):
     x = as_tensor(x, "x")
     check_ndim(x, 4, "x", "N, C, H, W")
     channels = x.shape[1]
@@ -322,7 +355,8 @@ def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
     elif running_mean is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var")
     return BatchNorm2d.apply(x, weight, bias, running_mean=running_mean, running_var=running_var,
-                     training=bool(training), momentum=float(momentum), eps=float(eps))
+                             training=bool(training), momentum=float(momentum), eps=float(eps),
+                             apply_relu=apply_relu)
 
 
 def relu(x) -> Tensor:
@@ -345,17 +379,11 @@ class ChannelShuffle(Function):
     @staticmethod
     def forward(ctx, x, groups):
         ctx.groups = groups
-        return _shuffle(x, groups)
+        return ssc_kernels.channel_shuffle(x, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _shuffle(grad_out, grad_out.shape[1] // ctx.groups)
-
-
-def _shuffle(x, groups):
-    n, c, h, w = x.shape
-    return np.ascontiguousarray(
-        x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w))
+        return ssc_kernels.channel_shuffle(grad_out, grad_out.shape[1] // ctx.groups)
 
 
 def channel_shuffle(x, groups: int) -> Tensor:

@@ -29,7 +29,7 @@ import functools
 import inspect
 
 from minissc.checks import check_int
-from minissc.nn import (BatchNorm2d, ChannelShuffle, Conv2d, GlobalAvgPool2d, Linear, Module,
+from minissc.nn import (BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Linear, Module,
                         ReLU, Sequential, Shift, SSCConv2d)
 
 SHIFT_EXPANSIONS = (1, 3, 6, 9)  # the expansions Shift-Net reports on CIFAR [paper]
@@ -57,17 +57,16 @@ class BasicBlock(Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = BatchNorm2d(out_channels)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNormReLU2d(out_channels)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = BatchNorm2d(out_channels)
         self.shortcut = projection_shortcut(in_channels, out_channels, stride)
-        self.relu2 = ReLU()
+        self.relu = ReLU()
 
     def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn1(self.conv1(x))  # BN + ReLU, fused
         out = self.bn2(self.conv2(out))
-        return self.relu2(out + _apply_shortcut(self.shortcut, x))
+        return self.relu(out + _apply_shortcut(self.shortcut, x))
 
 
 class ShiftBlock(Module):
@@ -82,17 +81,15 @@ class ShiftBlock(Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, e: int = 6):
         mid = check_int(e, "e", 1) * out_channels
         self.conv1 = Conv2d(in_channels, mid, 1, bias=False)
-        self.bn1 = BatchNorm2d(mid)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNormReLU2d(mid)
         self.shift = Shift(3)
         self.conv2 = Conv2d(mid, out_channels, 1, stride=stride, bias=False)
-        self.bn2 = BatchNorm2d(out_channels)
-        self.relu2 = ReLU()
+        self.bn2 = BatchNormReLU2d(out_channels)
         self.shortcut = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x):
-        out = self.shift(self.relu1(self.bn1(self.conv1(x))))
-        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.shift(self.bn1(self.conv1(x)))  # bn1, bn2: BN + ReLU, fused
+        out = self.bn2(self.conv2(out))
         return out + _apply_shortcut(self.shortcut, x)
 
 
@@ -106,7 +103,9 @@ class SSCBlock(Module):
 
     with m = 9 c_out / r. SSC1 keeps each group of 9 channels apart; the shuffle then deals
     channel j of every SSC1 group into SSC2 group j, so for r = 1 each SSC2 output sees one
-    channel from each of 9 SSC1 groups, each at a different kernel position.
+    channel from each of 9 SSC1 groups, each at a different kernel position. The shuffle is a
+    pure permutation, so SSC2 performs it while reading its input (``shuffle_groups``):
+    the same function without a shuffled copy of the widest tensor of the block.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, r: int = 1):
@@ -116,22 +115,20 @@ class SSCBlock(Module):
                              f"group has r outputs")
         mid = 9 * out_channels // r
         self.conv1 = Conv2d(in_channels, mid, 1, bias=False)
-        self.bn1 = BatchNorm2d(mid)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNormReLU2d(mid)
         self.ssc1 = SSCConv2d(mid, mid, 3, group_size=9)
-        self.bn2 = BatchNorm2d(mid)
-        self.relu2 = ReLU()
-        self.shuffle = ChannelShuffle(mid // 9)
-        self.ssc2 = SSCConv2d(mid, out_channels, 3, stride=stride, group_size=9)
+        self.bn2 = BatchNormReLU2d(mid)
+        self.ssc2 = SSCConv2d(mid, out_channels, 3, stride=stride, group_size=9,
+                              shuffle_groups=mid // 9)  # channel shuffle, then SSC2
         self.bn3 = BatchNorm2d(out_channels)
         self.shortcut = projection_shortcut(in_channels, out_channels, stride)
-        self.relu3 = ReLU()
+        self.relu = ReLU()
 
     def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.shuffle(self.relu2(self.bn2(self.ssc1(out))))
-        out = self.bn3(self.ssc2(out))
-        return self.relu3(out + _apply_shortcut(self.shortcut, x))
+        out = self.bn1(self.conv1(x))  # bn1, bn2: BN + ReLU, fused
+        out = self.bn2(self.ssc1(out))
+        out = self.bn3(self.ssc2(out))  # ssc2 reads its input through the channel shuffle
+        return self.relu(out + _apply_shortcut(self.shortcut, x))
 
 
 class CifarResNet(Module):
@@ -145,8 +142,7 @@ class CifarResNet(Module):
         check_int(n, "n", 1)
         check_int(num_classes, "num_classes", 2)
         self.conv1 = Conv2d(3, STAGE_WIDTHS[0], 3, padding=1, bias=False)
-        self.bn1 = BatchNorm2d(STAGE_WIDTHS[0])
-        self.relu = ReLU()
+        self.bn1 = BatchNormReLU2d(STAGE_WIDTHS[0])
         in_channels = STAGE_WIDTHS[0]
         stages = []
         for index, width in enumerate(STAGE_WIDTHS):
@@ -160,7 +156,7 @@ class CifarResNet(Module):
         self.fc = Linear(STAGE_WIDTHS[-1], num_classes)
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.bn1(self.conv1(x))  # BN + ReLU, fused
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x))
 

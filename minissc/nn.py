@@ -212,18 +212,25 @@ class SSCConv2d(Module):
     Channel j of each group of `group_size` consecutive input channels reads kernel position
     j mod group_size of the kernel_size x kernel_size grid; ``weight`` has shape
     (out_channels, group_size); ``dense_weight()`` is the equivalent dense sparse kernel.
+    ``shuffle_groups=g`` makes the layer read ``channel_shuffle(x, g)``, fused (no copy).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 stride: int = 1, group_size: int | None = None, bias: bool = False):
+                 stride: int = 1, group_size: int | None = None, bias: bool = False,
+                 shuffle_groups: int = 1):
         self.group_size = _check_ssc_channels(in_channels, out_channels, kernel_size, group_size)
         self.kernel_size = kernel_size
         self.stride = check_int(stride, "stride", 1)
+        self.shuffle_groups = check_int(shuffle_groups, "shuffle_groups", 1)
+        if in_channels % shuffle_groups:
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by shuffle_groups "
+                             f"({shuffle_groups})")
         self.weight = Parameter(_kaiming_normal((out_channels, self.group_size), self.group_size))
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
 
     def forward(self, x):
-        out = F.ssc_conv2d(x, self.weight, self.kernel_size, self.stride)
+        out = F.ssc_conv2d(x, self.weight, self.kernel_size, self.stride,
+                           shuffle_groups=self.shuffle_groups)
         return _add_channel_bias(out, self.bias)
 
     def dense_weight(self) -> np.ndarray:
@@ -233,7 +240,8 @@ class SSCConv2d(Module):
     def extra_repr(self):
         out_channels, group_size = self.weight.shape
         return (f"out_channels={out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, group_size={group_size}, bias={self.bias is not None}")
+                f"stride={self.stride}, group_size={group_size}, bias={self.bias is not None}"
+                + (f", shuffle_groups={self.shuffle_groups}" if self.shuffle_groups > 1 else ""))
 
 
 class Shift(Module):
@@ -295,6 +303,15 @@ class BatchNorm2d(Module):
 
     def extra_repr(self):
         return f"{self.weight.shape[0]}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNormReLU2d(BatchNorm2d):
+    """BatchNorm2d followed by ReLU, fused: one pass over memory instead of two, and one
+    activation fewer kept for backward. Its state_dict is BatchNorm2d's."""
+
+    def forward(self, x):
+        return F.batch_norm_relu2d(x, self.weight, self.bias, self.running_mean,
+                                   self.running_var, self.training, self.momentum, self.eps)
 
 
 class ReLU(Module):

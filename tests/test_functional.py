@@ -68,6 +68,25 @@ def test_unfused_shift_then_group_pointwise_equals_fused(cfg, seed):
     assert rel_error(w_pair.grad, w_fused.grad) < 1e-12
 
 
+@settings(max_examples=100)
+@given(cfg=ssc_configs(), seed=seeds, data=st.data())
+def test_shuffle_folded_into_ssc_equals_shuffle_then_ssc(cfg, seed, data):
+    divisors = [d for d in range(1, cfg["c"] + 1) if cfg["c"] % d == 0]
+    shuffle_groups = data.draw(st.sampled_from(divisors))
+    x_fused = Tensor(arrays(seed, (cfg["n"], cfg["c"], cfg["h"], cfg["w"])), requires_grad=True)
+    w_fused = Tensor(arrays(seed + 1, (cfg["o"], cfg["g"])), requires_grad=True)
+    x_pair = Tensor(x_fused.data.copy(), requires_grad=True)
+    w_pair = Tensor(w_fused.data.copy(), requires_grad=True)
+    fused = F.ssc_conv2d(x_fused, w_fused, cfg["k"], cfg["stride"], shuffle_groups=shuffle_groups)
+    pair = F.ssc_conv2d(F.channel_shuffle(x_pair, shuffle_groups), w_pair, cfg["k"], cfg["stride"])
+    upstream = arrays(seed + 2, fused.shape)
+    fused.backward(upstream)
+    pair.backward(upstream)
+    np.testing.assert_array_equal(fused.data, pair.data)
+    np.testing.assert_array_equal(x_fused.grad, x_pair.grad)
+    np.testing.assert_array_equal(w_fused.grad, w_pair.grad)
+
+
 # -- gradient checks: float64, central differences on sum(f(x) * R) ------------------------
 
 def leaf(seed, shape, scale=1.0):
@@ -87,6 +106,8 @@ def test_gradcheck_ssc_shift_and_group_pointwise(cfg, seed):
     w = leaf(seed + 1, (cfg["o"], cfg["g"]))
     k, g, s = cfg["k"], cfg["g"], cfg["stride"]
     assert_gradients_match(lambda x, w: F.ssc_conv2d(x, w, k, s), x, w)
+    if cfg["c"] % 2 == 0:
+        assert_gradients_match(lambda x, w: F.ssc_conv2d(x, w, k, s, shuffle_groups=2), x, w)
     assert_gradients_match(lambda x: F.shift(x, k, g), x)
     assert_gradients_match(lambda x, w: F.group_pointwise_conv2d(x, w, s), x, w)
 
@@ -104,6 +125,32 @@ def test_gradcheck_batch_norm(n, c, h, w, seed, training):
         lambda x, weight, bias: F.batch_norm2d(x, weight, bias, running_mean.copy(),
                                                running_var.copy(), training=training),
         x, weight, bias, tolerance=1e-5)
+
+
+@settings(max_examples=50)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 5), w=st.integers(1, 5),
+       seed=seeds, training=st.booleans())
+def test_fused_batch_norm_relu_equals_batch_norm_then_relu(n, c, h, w, seed, training):
+    assume(n * h * w >= 2)
+    x_fused, x_pair = leaf(seed, (n, c, h, w)), leaf(seed, (n, c, h, w))
+    params = [leaf(seed + 1, (c,)), leaf(seed + 2, (c,))]
+    params_pair = [Tensor(p.data.copy(), requires_grad=True) for p in params]
+    stats = [np.zeros(c), np.ones(c)]
+    stats_pair = [a.copy() for a in stats]
+    fused = F.batch_norm_relu2d(x_fused, *params, *stats, training=training)
+    pair = F.relu(F.batch_norm2d(x_pair, *params_pair, *stats_pair, training=training))
+    upstream = arrays(seed + 3, fused.shape)
+    fused.backward(upstream)
+    pair.backward(upstream)
+    for a, b in [(fused.data, pair.data), (x_fused.grad, x_pair.grad)] + \
+            [(p.grad, q.grad) for p, q in zip(params, params_pair)] + list(zip(stats, stats_pair)):
+        assert rel_error(a, b) < 1e-12
+    x = leaf(seed + 4, (n, c, h, w))
+    normalised = F.batch_norm2d(x, *params, stats[0].copy(), stats[1].copy(), training=training)
+    assume(np.abs(normalised.data).min() > 1e-3)  # away from the ReLU kink
+    assert_gradients_match(lambda x, weight, bias: F.batch_norm_relu2d(
+        x, weight, bias, stats[0].copy(), stats[1].copy(), training=training), x, *params,
+        tolerance=1e-5)
 
 
 @settings(max_examples=25)

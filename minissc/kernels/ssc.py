@@ -58,14 +58,14 @@ def _valid_range(offset, stride, in_size, out_size):
 
 @njit(cache=True, parallel=True)
 def _shift_kernel(x, row_offsets, col_offsets, out):
-    """out[n, c, y, x] = x[n, c, y + row_offsets[c], x + col_offsets[c]]; `out` arrives zeroed
-    and keeps its zeros where that pixel lies outside the image."""
+    """out[n, c, y, x] = x[n, c, y + row_offsets[c], x + col_offsets[c]] inside the image, else 0."""
     batch, channels, height, width = x.shape
     for plane in prange(batch * channels):
         n = plane // channels
         c = plane % channels
         x_plane = x[n, c]
         out_plane = out[n, c]
+        out_plane[:, :] = 0  # zeroed here, in cache and in parallel, not by np.zeros
         first_row, first_in_row, rows = _valid_range(row_offsets[c], 1, height, height)
         first_col, first_in_col, cols = _valid_range(col_offsets[c], 1, width, width)
         for row_step in range(rows):
@@ -77,7 +77,7 @@ def _shift_kernel(x, row_offsets, col_offsets, out):
 def shift_forward(x, kernel_size, group_size):
     """Shift every channel j of x by its offset: out[n, j, y, x] = x[n, j, y + dy_j, x + dx_j]."""
     dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
-    out = np.zeros_like(x)
+    out = np.empty_like(x)
     _shift_kernel(x, dy, dx, out)
     return out
 
@@ -91,7 +91,7 @@ def shift_backward(grad_out, kernel_size, group_size):
     a shift by the negated offsets.
     """
     dy, dx = shift_offsets(grad_out.shape[1], kernel_size, group_size)
-    grad_x = np.zeros_like(grad_out)
+    grad_x = np.empty_like(grad_out)
     _shift_kernel(grad_out, -dy, -dx, grad_x)
     return grad_x
 
@@ -101,12 +101,13 @@ def shift_backward(grad_out, kernel_size, group_size):
 # ----------------------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride, y):
+def _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride,
+                                      input_channels, y):
     """y[n, o, Y, X] = sum_i W[o, i] * x[n, c, Y*s + row_offsets[i], X*s + col_offsets[i]],
-    c = g(o)*G + i.
+    c = input_channels[g(o)*G + i].
 
-    Terms whose input lies outside the image are 0 (zero padding); `y` arrives zeroed.
-    One parallel iteration per output plane y[n, o].
+    Terms whose input lies outside the image are 0 (zero padding). One parallel iteration per
+    output plane y[n, o], which it zeroes first (in cache, instead of a separate np.zeros).
     """
     batch, channels, height, width = x.shape
     out_channels, group_size = weight.shape
@@ -117,8 +118,9 @@ def _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, strid
         o = plane % out_channels
         first_channel = (o // outputs_per_group) * group_size
         y_plane = y[n, o]
+        y_plane[:, :] = 0
         for i in range(group_size):
-            x_plane = x[n, first_channel + i]
+            x_plane = x[n, input_channels[first_channel + i]]
             w = weight[o, i]
             first_row, first_in_row, rows = _valid_range(row_offsets[i], stride,
                                                          height, out_height)
@@ -138,13 +140,14 @@ def _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, strid
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
-                                       grad_x, grad_weight_per_sample):
+                                       input_channels, grad_x, grad_weight_per_sample):
     """Gradients of `_shifted_pointwise_forward_kernel`, one sample n per parallel iteration.
 
-    For every term y[n, o, Y, X] += W[o, i] * x[n, c, Y*s + dy_i, X*s + dx_i] (c = g(o)*G + i):
+    For every term y[n, o, Y, X] += W[o, i] * x[n, c, Y*s + dy_i, X*s + dx_i]
+    (c = input_channels[g(o)*G + i]):
         grad_x[n, c, Y*s + dy_i, X*s + dx_i] += W[o, i] * grad_y[n, o, Y, X]
         grad_weight_per_sample[n, o, i] += grad_y[n, o, Y, X] * x[n, c, Y*s + dy_i, X*s + dx_i]
-    `grad_x` arrives zeroed. The weight sums run in float64; `fastmath={"reassoc"}` lets LLVM split
+    Each iteration zeroes its own grad_x[n] first. The weight sums run in float64; `fastmath={"reassoc"}` lets LLVM split
     them into vector lanes, in an order fixed at compile time (so still deterministic).
     """
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
@@ -152,12 +155,14 @@ def _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offse
     batch, out_height, out_width = grad_y.shape[0], grad_y.shape[2], grad_y.shape[3]
     outputs_per_group = out_channels // (channels // group_size)
     for n in prange(batch):
+        grad_x[n] = 0
         for o in range(out_channels):
             first_channel = (o // outputs_per_group) * group_size
             grad_y_plane = grad_y[n, o]
             for i in range(group_size):
-                x_plane = x[n, first_channel + i]
-                grad_x_plane = grad_x[n, first_channel + i]
+                channel = input_channels[first_channel + i]
+                x_plane = x[n, channel]
+                grad_x_plane = grad_x[n, channel]
                 w = weight[o, i]
                 first_row, first_in_row, rows = _valid_range(row_offsets[i], stride,
                                                              height, out_height)
@@ -183,20 +188,40 @@ def _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offse
                 grad_weight_per_sample[n, o, i] = weight_sum
 
 
-def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride):
+def channel_shuffle(x, groups):
+    """ShuffleNet's shuffle (a NumPy copy): view C as (groups, C / groups), swap, flatten."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(
+        x.reshape(n, groups, c // groups, h, w).swapaxes(1, 2).reshape(n, c, h, w))
+
+
+def shuffled_channels(channels, shuffle_groups):
+    """Which channel of x the channel_shuffle(x, shuffle_groups) output channel c comes from.
+
+    The shuffle views C as (groups, C / groups), swaps the two and flattens, so output
+    channel c = a * groups + b holds input channel b * (C / groups) + a.
+    """
+    c = np.arange(channels, dtype=np.int64)
+    return (c % shuffle_groups) * (channels // shuffle_groups) + c // shuffle_groups
+
+
+def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuffle_groups=1):
     """Allocate y (N, O, Ho, Wo) and run the forward kernel; offsets are indexed by i < G."""
     batch, _, height, width = x.shape
-    y = np.zeros((batch, weight.shape[0], output_size(height, stride), output_size(width, stride)),
+    y = np.empty((batch, weight.shape[0], output_size(height, stride), output_size(width, stride)),
                  dtype=x.dtype)
-    _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride, y)
+    _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride,
+                                      shuffled_channels(x.shape[1], shuffle_groups), y)
     return y
 
 
-def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, stride):
+def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, stride,
+                                shuffle_groups=1):
     """Run the backward kernel; grad_W sums its float64 per-sample partials in sample order."""
-    grad_x = np.zeros_like(x)
+    grad_x = np.empty_like(x)
     grad_weight_per_sample = np.empty((x.shape[0],) + weight.shape, dtype=np.float64)
     _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
+                                       shuffled_channels(x.shape[1], shuffle_groups),
                                        grad_x, grad_weight_per_sample)
     return grad_x, grad_weight_per_sample.sum(axis=0).astype(x.dtype)
 
@@ -222,17 +247,19 @@ def group_pointwise_backward(x, weight, grad_y, stride):
     return _shifted_pointwise_backward(x, weight, grad_y, no_offsets, no_offsets, stride)
 
 
-def ssc_forward(x, weight, kernel_size, stride):
+def ssc_forward(x, weight, kernel_size, stride, shuffle_groups=1):
     """Fused SSC: y = group_pointwise(shift(x)) without storing shift(x); G = weight.shape[1].
 
     y[n, o, Y, X] = sum_{i<G} W[o, i] * x[n, g(o)*G + i, Y*s + dy_i, X*s + dx_i]  (0 outside).
+    With shuffle_groups > 1 the layer reads channel_shuffle(x, shuffle_groups) instead of x,
+    through the index map `shuffled_channels`: no shuffled copy either.
     """
     group_size = weight.shape[1]
     dy, dx = shift_offsets(group_size, kernel_size, group_size)
-    return _shifted_pointwise_forward(x, weight, dy, dx, stride)
+    return _shifted_pointwise_forward(x, weight, dy, dx, stride, shuffle_groups)
 
 
-def ssc_backward(x, weight, grad_y, kernel_size, stride):
+def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1):
     """Gradients (grad_x, grad_weight) of `ssc_forward`, fused, without a shifted copy of x.
 
     With z = shift(x) and y = group_pointwise(z):
@@ -242,11 +269,12 @@ def ssc_backward(x, weight, grad_y, kernel_size, stride):
         grad_W[o, i] = sum_{n, Y, X} grad_y[n, o, Y, X] * x[n, g(o)*G + i, Y*s + dy_i, X*s + dx_i].
     The first two combine to
         grad_x[n, g*G + i, Y*s + dy_i, X*s + dx_i] = sum_{o in g} W[o, i] * grad_y[n, o, Y, X],
-    so the kernel scatters into grad_x directly.
+    so the kernel scatters into grad_x directly. A channel shuffle in front (shuffle_groups > 1)
+    is a permutation of channels, so the same sums are written back through the same index map.
     """
     group_size = weight.shape[1]
     dy, dx = shift_offsets(group_size, kernel_size, group_size)
-    return _shifted_pointwise_backward(x, weight, grad_y, dy, dx, stride)
+    return _shifted_pointwise_backward(x, weight, grad_y, dy, dx, stride, shuffle_groups)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,15 +338,19 @@ def group_pointwise_backward_reference(x, weight, grad_y, stride):
     return grad_x, grad_weight.reshape(out_channels, group_size)
 
 
-def ssc_forward_reference(x, weight, kernel_size, stride):
-    """NumPy twin of `ssc_forward`: shift, then group point-wise convolution."""
+def ssc_forward_reference(x, weight, kernel_size, stride, shuffle_groups=1):
+    """NumPy twin of `ssc_forward`: (channel shuffle,) shift, then group point-wise convolution."""
+    x = channel_shuffle(x, shuffle_groups)
     shifted = shift_forward_reference(x, kernel_size, weight.shape[1])
     return group_pointwise_forward_reference(shifted, weight, stride)
 
 
-def ssc_backward_reference(x, weight, grad_y, kernel_size, stride):
-    """NumPy twin of `ssc_backward`: group point-wise backward on shift(x), then inverse shift."""
+def ssc_backward_reference(x, weight, grad_y, kernel_size, stride, shuffle_groups=1):
+    """NumPy twin of `ssc_backward`: group point-wise backward on shift(x), the inverse shift,
+    then the inverse channel shuffle (the shuffle with C / shuffle_groups groups)."""
     group_size = weight.shape[1]
-    shifted = shift_forward_reference(x, kernel_size, group_size)
+    shuffled = channel_shuffle(x, shuffle_groups)
+    shifted = shift_forward_reference(shuffled, kernel_size, group_size)
     grad_shifted, grad_weight = group_pointwise_backward_reference(shifted, weight, grad_y, stride)
-    return shift_backward_reference(grad_shifted, kernel_size, group_size), grad_weight
+    grad_shuffled = shift_backward_reference(grad_shifted, kernel_size, group_size)
+    return channel_shuffle(grad_shuffled, x.shape[1] // shuffle_groups), grad_weight
