@@ -7,6 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from minissc.gradcheck import numerical_gradient
 from minissc.kernels import dense, norm
 from strategies import arrays, conv_configs, nchw_shapes, seeds
 
@@ -25,26 +26,10 @@ def assert_close(actual, expected, tolerance):
     assert error / scale <= tolerance, f"relative error {error / scale:.3g} > {tolerance:.3g}"
 
 
-def finite_difference_gradient(loss, array, step=1e-6):
-    """Central differences (loss() at array + h e_i minus at array - h e_i) / 2h per entry i.
-
-    `loss` reads `array`, which is perturbed in place and restored."""
-    gradient = np.empty_like(array)
-    for index in np.ndindex(array.shape):
-        original = array[index]
-        array[index] = original + step
-        plus = loss()
-        array[index] = original - step
-        minus = loss()
-        array[index] = original
-        gradient[index] = (plus - minus) / (2 * step)
-    return gradient
-
-
 def assert_gradients_match(loss, inputs, gradients):
     """Each analytic gradient equals the central differences of `loss` w.r.t. its input."""
     for array, gradient in zip(inputs, gradients):
-        assert_close(gradient, finite_difference_gradient(loss, array), GRADIENT_TOLERANCE)
+        assert_close(gradient, numerical_gradient(loss, array), GRADIENT_TOLERANCE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,7 +284,7 @@ def test_conv2d_edge_shapes(n, c, o, h, w, kh, kw, stride, padding, groups, dtyp
     grad_x, grad_weight = dense.conv2d_backward(x, weight, upstream, *layout(config))
     assert grad_x.dtype == grad_weight.dtype == dtype
     upstream64 = upstream.astype(np.float64)
-    expected = [finite_difference_gradient(
+    expected = [numerical_gradient(
         lambda: np.sum(dense.conv2d_forward(x64, weight64, *layout(config)) * upstream64), array)
         for array in (x64, weight64)]
     tolerance = max(ORACLE_TOLERANCE[dtype], GRADIENT_TOLERANCE)

@@ -281,12 +281,10 @@ def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1):
 # NumPy twins: the same functions written like the equations, for tests and tutorials
 # ----------------------------------------------------------------------------------------------
 
-def shift_forward_reference(x, kernel_size, group_size):
-    """NumPy twin of `shift_forward`: zero-pad by k//2, then slice each channel at its offset."""
-    pad = kernel_size // 2
+def _shift_by_reference(x, dy, dx, pad):
+    """out[:, j] = x[:, j] moved by (dy[j], dx[j]): zero-pad, then slice each channel."""
     height, width = x.shape[2:]
     padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
     out = np.empty_like(x)
     for j in range(x.shape[1]):
         top, left = pad + dy[j], pad + dx[j]
@@ -294,17 +292,16 @@ def shift_forward_reference(x, kernel_size, group_size):
     return out
 
 
+def shift_forward_reference(x, kernel_size, group_size):
+    """NumPy twin of `shift_forward`: zero-pad by k//2, then slice each channel at its offset."""
+    dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
+    return _shift_by_reference(x, dy, dx, kernel_size // 2)
+
+
 def shift_backward_reference(grad_out, kernel_size, group_size):
     """NumPy twin of `shift_backward`: the same slicing with negated offsets."""
-    pad = kernel_size // 2
-    height, width = grad_out.shape[2:]
-    padded = np.pad(grad_out, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     dy, dx = shift_offsets(grad_out.shape[1], kernel_size, group_size)
-    grad_x = np.empty_like(grad_out)
-    for j in range(grad_out.shape[1]):
-        top, left = pad - dy[j], pad - dx[j]
-        grad_x[:, j] = padded[:, j, top:top + height, left:left + width]
-    return grad_x
+    return _shift_by_reference(grad_out, -dy, -dx, kernel_size // 2)
 
 
 def _split_groups(array, groups):
