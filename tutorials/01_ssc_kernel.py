@@ -35,10 +35,7 @@
 # Run it as a script (`python tutorials/01_ssc_kernel.py`) or open it as a notebook.
 
 # %%
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import minissc  # before NumPy, so that minissc can limit BLAS to one thread (see its __init__)
 import matplotlib
@@ -52,23 +49,7 @@ from minissc import nn, reference
 from minissc.kernels.ssc import shift_offsets
 from minissc.summary import layer_macs
 
-QUICK = os.environ.get("MINISSC_TUTORIAL_QUICK") == "1"
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-if os.environ.get("MINISSC_FIGURES_DIR"):
-    FIGURES = Path(os.environ["MINISSC_FIGURES_DIR"])
-elif QUICK:  # a quick run must not overwrite the committed figures
-    FIGURES = Path(tempfile.gettempdir()) / "minissc-tutorial-figures"
-else:
-    FIGURES = HERE / "figures"
-FIGURES.mkdir(parents=True, exist_ok=True)
-
-
-def save(figure, name):
-    path = FIGURES / name
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    print(f"wrote {path}")
-    if "ipykernel" not in sys.modules:
-        plt.close(figure)
+from tutorial_setup import FIGURES, QUICK, save  # noqa: E402 (shared setup)
 
 
 rng = np.random.default_rng(0)

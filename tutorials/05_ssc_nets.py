@@ -31,11 +31,8 @@
 # `sscresnet20`, layer by layer, with `minissc.summary.summarize`.
 
 # %%
-import os
 import sys
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
 import minissc  # before NumPy, so that minissc can limit BLAS to one thread (see its __init__)
 import matplotlib
@@ -50,23 +47,7 @@ from minissc import models
 from minissc.kernels.ssc import shuffled_channels
 from minissc.summary import format_summary, summarize
 
-QUICK = os.environ.get("MINISSC_TUTORIAL_QUICK") == "1"
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-if os.environ.get("MINISSC_FIGURES_DIR"):
-    FIGURES = Path(os.environ["MINISSC_FIGURES_DIR"])
-elif QUICK:  # a quick run must not overwrite the committed figures
-    FIGURES = Path(tempfile.gettempdir()) / "minissc-tutorial-figures"
-else:
-    FIGURES = HERE / "figures"
-FIGURES.mkdir(parents=True, exist_ok=True)
-
-
-def save(figure, name):
-    path = FIGURES / name
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    print(f"wrote {path}")
-    if "ipykernel" not in sys.modules:
-        plt.close(figure)
+from tutorial_setup import FIGURES, QUICK, save  # noqa: E402 (shared setup)
 
 
 rng = np.random.default_rng(0)
