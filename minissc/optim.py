@@ -39,7 +39,7 @@ class SGD:
         for p, velocity in zip(self.parameters, self.velocities):
             if p.grad is None:
                 continue
-            step = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad.copy()
+            step = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
             if self.momentum:
                 velocity *= self.momentum
                 velocity += step
