@@ -1,4 +1,5 @@
 """Shared hypothesis strategies for NCHW shapes and SSC layer configurations."""
+import numba
 import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
@@ -25,6 +26,16 @@ def arrays(seed, shape, dtype=np.float64, scale=1.0):
 
 
 seeds = st.integers(0, 2**32 - 1)
+
+
+def on_one_thread(function, *args):
+    """function(*args) with Numba (and so the dense kernels' chunk threads) on one thread."""
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        return function(*args)
+    finally:
+        numba.set_num_threads(threads)
 
 
 @st.composite

@@ -8,8 +8,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minissc.gradcheck import numerical_gradient
+from minissc import reference
 from minissc.kernels import dense, norm
-from strategies import arrays, conv_configs, nchw_shapes, seeds
+from strategies import arrays, conv_configs, nchw_shapes, on_one_thread, seeds
 
 dtypes = st.sampled_from([np.float32, np.float64])
 TWIN_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
@@ -299,3 +300,24 @@ def test_conv2d_of_an_empty_batch_is_empty():
     grad_x, grad_weight = dense.conv2d_backward(x, weight, y, 2, 1, 2)
     assert grad_x.shape == x.shape
     np.testing.assert_array_equal(grad_weight, np.zeros_like(weight))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_over_several_chunks_matches_the_oracle_on_any_thread_count(dtype):
+    """37 images: two full chunks of IMAGES_PER_CHUNK and a partial one, run on the chunk
+    threads and on one thread; the weight gradient is the same to the bit."""
+    assert 2 * dense.IMAGES_PER_CHUNK < 37 < 3 * dense.IMAGES_PER_CHUNK
+    x, weight = arrays(1, (37, 4, 9, 7), dtype), arrays(2, (6, 2, 3, 3), dtype)
+    y = dense.conv2d_forward(x, weight, 2, 1, 2)
+    upstream = arrays(3, y.shape, dtype)
+    tolerance = ORACLE_TOLERANCE[dtype]
+    assert_close(y, reference.conv2d(x.astype(np.float64), weight.astype(np.float64), stride=2,
+                                     padding=1, groups=2), tolerance)
+    gradients = dense.conv2d_backward(x, weight, upstream, 2, 1, 2)
+    expected = reference.conv2d_backward(x.astype(np.float64), weight.astype(np.float64),
+                                         upstream.astype(np.float64), stride=2, padding=1,
+                                         groups=2)
+    for actual, oracle, single_thread in zip(
+            gradients, expected, on_one_thread(dense.conv2d_backward, x, weight, upstream, 2, 1, 2)):
+        assert_close(actual, oracle, tolerance)
+        np.testing.assert_array_equal(actual, single_thread)

@@ -2,7 +2,6 @@
 (`minissc.reference`): every Numba kernel against its NumPy twin, the fused SSC against the
 dense sparse-kernel convolution, and the oracle itself against brute force and finite
 differences."""
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,7 +10,7 @@ from hypothesis import strategies as st
 from minissc import reference
 from minissc.gradcheck import numerical_gradient
 from minissc.kernels import ssc
-from strategies import arrays, conv_configs, seeds, ssc_configs
+from strategies import arrays, conv_configs, on_one_thread, seeds, ssc_configs
 
 dtypes = st.sampled_from([np.float32, np.float64])
 TWIN_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
@@ -207,12 +206,7 @@ def test_backward_is_deterministic_across_thread_counts(dtype):
     weight = arrays(5, (12, 9), dtype)
     grad_y = arrays(6, (16, 12, 12, 12), dtype)
     first = ssc.ssc_backward(x, weight, grad_y, 3, 1)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        single_thread = ssc.ssc_backward(x, weight, grad_y, 3, 1)
-    finally:
-        numba.set_num_threads(threads)
+    single_thread = on_one_thread(ssc.ssc_backward, x, weight, grad_y, 3, 1)
     for a, b, c in zip(first, ssc.ssc_backward(x, weight, grad_y, 3, 1), single_thread):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)

@@ -18,11 +18,24 @@ K = C/groups * kh * kw and L = Ho * Wo. NumPy's matmul runs these products in BL
 convolution without padding needs no gather: its columns are x itself, or the strided slice
 x[:, :, ::s, ::s].
 
+Both passes run over chunks of IMAGES_PER_CHUNK images, on as many Python threads as Numba
+has (NumPy's copies and BLAS release the GIL, and BLAS itself runs one thread per call, see
+`minissc.runtime`). Chunks keep the im2col columns small (a chunk's columns, not the whole
+batch's, exist at once) and give each thread its share of the batch. The weight gradient is
+the sum of per-chunk partials added in chunk order, so it does not depend on the number of
+threads.
+
 Inputs are C-contiguous float32 or float64 arrays of one dtype, already checked by
 `minissc.functional`; outputs have the input's dtype. Linear layers need no kernel here:
 y = x @ weight.T, grad_x = grad_y @ weight, grad_weight = grad_y.T @ x are single matmuls.
 """
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
+
+IMAGES_PER_CHUNK = 16
+_pools = {}
 
 
 def conv2d_forward(x, weight, stride, padding, groups):
@@ -30,9 +43,16 @@ def conv2d_forward(x, weight, stride, padding, groups):
     batch = x.shape[0]
     out_channels, _, kh, kw = weight.shape
     out_h, out_w = _output_size(x.shape, kh, kw, stride, padding)
-    columns = _group_columns(_im2col(x, kh, kw, stride, padding, out_h, out_w), groups)
-    y = _group_matrices(weight, groups) @ columns  # (G, O/G, K) @ (N, G, K, L) -> (N, G, O/G, L)
-    return y.reshape(batch, out_channels, out_h, out_w)
+    weight_groups = _group_matrices(weight, groups)  # (G, O/G, K)
+    y = np.empty((batch, out_channels, out_h, out_w), x.dtype)
+
+    def forward_chunk(images):
+        columns = _group_columns(_im2col(x[images], kh, kw, stride, padding, out_h, out_w), groups)
+        y_chunk = y[images].reshape(columns.shape[0], groups, -1, out_h * out_w)
+        np.matmul(weight_groups, columns, out=y_chunk)  # (G, O/G, K) @ (n, G, K, L)
+
+    _run_in_chunks(forward_chunk, batch)
+    return y
 
 
 def conv2d_backward(x, weight, grad_y, stride, padding, groups):
@@ -49,13 +69,36 @@ def conv2d_backward(x, weight, grad_y, stride, padding, groups):
     batch, channels = x.shape[:2]
     kh, kw = weight.shape[2:]
     out_h, out_w = grad_y.shape[2:]
-    columns = _group_columns(_im2col(x, kh, kw, stride, padding, out_h, out_w), groups)
-    grad_y_groups = grad_y.reshape(batch, groups, grad_y.shape[1] // groups, out_h * out_w)
-    grad_weight = (grad_y_groups @ columns.transpose(0, 1, 3, 2)).sum(axis=0)
-    grad_columns = _group_matrices(weight, groups).transpose(0, 2, 1) @ grad_y_groups
-    grad_x = _col2im(grad_columns.reshape(batch, channels, kh, kw, out_h, out_w), x.shape,
-                     stride, padding)
+    weight_groups_transposed = _group_matrices(weight, groups).transpose(0, 2, 1)
+    grad_x = np.empty_like(x)
+
+    def backward_chunk(images):
+        columns = _group_columns(_im2col(x[images], kh, kw, stride, padding, out_h, out_w), groups)
+        images_in_chunk = columns.shape[0]
+        grad_y_groups = grad_y[images].reshape(images_in_chunk, groups, -1, out_h * out_w)
+        grad_columns = weight_groups_transposed @ grad_y_groups
+        grad_x[images] = _col2im(grad_columns.reshape(images_in_chunk, channels, kh, kw,
+                                                      out_h, out_w), x[images].shape, stride,
+                                 padding)
+        return (grad_y_groups @ columns.transpose(0, 1, 3, 2)).sum(axis=0)
+
+    grad_weight = np.zeros((groups, weight.shape[0] // groups, weight[0].size), x.dtype)
+    for partial in _run_in_chunks(backward_chunk, batch):  # in chunk order: deterministic
+        grad_weight += partial
     return grad_x, grad_weight.reshape(weight.shape)
+
+
+def _run_in_chunks(job, batch):
+    """[job(images) for images in consecutive slices of IMAGES_PER_CHUNK images], computed on
+    numba.get_num_threads() threads, in slice order."""
+    chunks = [slice(start, min(start + IMAGES_PER_CHUNK, batch))
+              for start in range(0, batch, IMAGES_PER_CHUNK)]
+    threads = min(numba.get_num_threads(), len(chunks))
+    if threads <= 1:
+        return [job(images) for images in chunks]
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="minissc-dense")
+    return list(_pools[threads].map(job, chunks))
 
 
 def _output_size(x_shape, kh, kw, stride, padding):
