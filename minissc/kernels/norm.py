@@ -28,10 +28,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-
-def _planes(x):
-    """View an (N, C, H, W) array as (N, C, H * W): one contiguous row per (n, c) plane."""
-    return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+from minissc.kernels import planes
 
 
 def _per_channel(values):
@@ -52,7 +49,7 @@ def batch_norm_statistics(x):
     """
     mean = np.empty(x.shape[1], x.dtype)
     var = np.empty(x.shape[1], x.dtype)
-    _batch_norm_statistics_kernel(_planes(x), _channels_per_block(x), mean, var)
+    _batch_norm_statistics_kernel(planes(x), _channels_per_block(x), mean, var)
     return mean, var
 
 
@@ -111,14 +108,14 @@ def batch_norm_forward(x, mean, inv_std, weight, bias):
     inv_std = 1 / sqrt(var + eps).
     """
     y = np.empty_like(x)
-    _batch_norm_forward_kernel(_planes(x), mean, inv_std, weight, bias, False, _planes(y))
+    _batch_norm_forward_kernel(planes(x), mean, inv_std, weight, bias, False, planes(y))
     return y
 
 
 def batch_norm_relu_forward(x, mean, inv_std, weight, bias):
     """relu(batch_norm_forward(x, ...)) in one pass over memory."""
     y = np.empty_like(x)
-    _batch_norm_forward_kernel(_planes(x), mean, inv_std, weight, bias, True, _planes(y))
+    _batch_norm_forward_kernel(planes(x), mean, inv_std, weight, bias, True, planes(y))
     return y
 
 
@@ -182,15 +179,15 @@ def batch_norm_relu_backward(grad_y, x, y, mean, inv_std, weight, batch_statisti
 
 
 def _batch_norm_backward(grad_y, x, relu_output, mean, inv_std, weight, batch_statistics):
-    relu_output = None if relu_output is None else _planes(relu_output)
+    relu_output = None if relu_output is None else planes(relu_output)
     grad_weight = np.empty_like(weight)
     grad_bias = np.empty_like(weight)
-    _batch_norm_parameter_grad_kernel(_planes(grad_y), _planes(x), relu_output, mean, inv_std,
+    _batch_norm_parameter_grad_kernel(planes(grad_y), planes(x), relu_output, mean, inv_std,
                                       _channels_per_block(x), grad_weight, grad_bias)
     grad_x = np.empty_like(x)
-    _batch_norm_input_grad_kernel(_planes(grad_y), _planes(x), relu_output, mean, inv_std,
+    _batch_norm_input_grad_kernel(planes(grad_y), planes(x), relu_output, mean, inv_std,
                                   weight, grad_weight, grad_bias, batch_statistics,
-                                  _planes(grad_x))
+                                  planes(grad_x))
     return grad_x, grad_weight, grad_bias
 
 

@@ -22,6 +22,8 @@ Each compute function has a plain NumPy twin `<name>_reference` that reads like 
 import numpy as np
 from numba import njit, prange
 
+from minissc.kernels import planes
+
 
 def shift_offsets(channels, kernel_size, group_size):
     """Offsets (dy, dx), int64 arrays of length `channels`, of the kernel position of each channel.
@@ -100,15 +102,70 @@ def shift_backward(grad_out, kernel_size, group_size):
 # Shifted group point-wise convolution: the inner kernels of both `group_pointwise_*` and `ssc_*`
 # ----------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
-def _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride,
-                                      input_channels, y):
-    """y[n, o, Y, X] = sum_i W[o, i] * x[n, c, Y*s + row_offsets[i], X*s + col_offsets[i]],
-    c = input_channels[g(o)*G + i].
+# Two layouts of the same loops. With stride 1 a shift by (dy, dx) is one constant offset
+# dy * W + dx in a plane stored flat (k = row * W + col), so the inner loops run over a whole
+# plane at once (long loops LLVM vectorises; rows of 8 or 16 values are too short), and a
+# select drops the values that wrapped across a row edge. With stride s > 1 the input index is
+# not a constant offset of the output index, and the loops go row by row.
 
-    Terms whose input lies outside the image are 0 (zero padding). One parallel iteration per
-    output plane y[n, o], which it zeroes first (in cache, instead of a separate np.zeros).
+
+@njit(cache=True)
+def _flat_run(row_offset, col_offset, height, width):
+    """For stride 1 on flat planes: the output positions k whose row reads inside the image and
+    whose input k + dy * W + dx lies inside the plane, as (first k, first input, count).
+
+    Both starts are >= 0 and `max(0, .)` tells the compiler so (see `_valid_range`). Positions
+    in the run whose column wraps (col + dx outside [0, W)) must still be masked by the caller.
     """
+    offset = row_offset * width + col_offset
+    first_out = max(max(0, -row_offset) * width, -offset)
+    stop_out = min(min(height, height - row_offset) * width, height * width - offset)
+    return max(0, first_out), max(0, first_out + offset), max(0, stop_out - first_out)
+
+
+def _columns(width, height):
+    """col of every flat position k = row * width + col of a plane, as int32."""
+    return np.arange(height * width, dtype=np.int32) % np.int32(width)
+
+
+@njit(cache=True, parallel=True)
+def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, width, columns, y):
+    """Stride 1, planes flat (N, C, H * W): y[n, o, k] = sum_i W[o, i] * x[n, c, k + dy_i W + dx_i]
+    over the terms inside the image, c = input_channels[g(o)*G + i].
+
+    One parallel iteration per output plane y[n, o], which it zeroes first (in cache, instead
+    of a separate np.zeros).
+    """
+    batch, channels, plane_size = x.shape
+    out_channels, group_size = weight.shape
+    outputs_per_group = out_channels // (channels // group_size)
+    height = plane_size // width
+    zero = y.dtype.type(0)
+    for plane in prange(batch * out_channels):
+        n = plane // out_channels
+        o = plane % out_channels
+        first_channel = (o // outputs_per_group) * group_size
+        y_plane = y[n, o]
+        y_plane[:] = 0
+        for i in range(group_size):
+            x_plane = x[n, input_channels[first_channel + i]]
+            w = weight[o, i]
+            col_offset = col_offsets[i]
+            first_out, first_in, count = _flat_run(row_offsets[i], col_offset, height, width)
+            if col_offset == 0:
+                for step in range(count):
+                    y_plane[first_out + step] += w * x_plane[first_in + step]
+            else:
+                for step in range(count):
+                    col = columns[first_out + step] + col_offset
+                    inside = (col >= 0) & (col < width)
+                    y_plane[first_out + step] += w * (x_plane[first_in + step] if inside else zero)
+
+
+@njit(cache=True, parallel=True)
+def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels, y):
+    """Stride s > 1: y[n, o, Y, X] = sum_i W[o, i] * x[n, c, Y*s + dy_i, X*s + dx_i]
+    over the terms inside the image, c = input_channels[g(o)*G + i]; row by row."""
     batch, channels, height, width = x.shape
     out_channels, group_size = weight.shape
     out_height, out_width = y.shape[2], y.shape[3]
@@ -129,27 +186,56 @@ def _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, strid
             for row_step in range(rows):
                 row = first_row + row_step
                 in_row = first_in_row + row_step * stride
-                if stride == 1:  # contiguous input row: LLVM vectorises this loop
-                    for step in range(cols):
-                        y_plane[row, first_col + step] += w * x_plane[in_row, first_in_col + step]
-                else:
-                    for step in range(cols):
-                        y_plane[row, first_col + step] += \
-                            w * x_plane[in_row, first_in_col + step * stride]
+                for step in range(cols):
+                    y_plane[row, first_col + step] += \
+                        w * x_plane[in_row, first_in_col + step * stride]
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
-                                       input_channels, grad_x, grad_weight_per_sample):
-    """Gradients of `_shifted_pointwise_forward_kernel`, one sample n per parallel iteration.
+def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels, width,
+                          columns, grad_x, grad_weight_per_sample):
+    """Gradients of `_flat_forward_kernel`, one sample n per parallel iteration.
 
-    For every term y[n, o, Y, X] += W[o, i] * x[n, c, Y*s + dy_i, X*s + dx_i]
-    (c = input_channels[g(o)*G + i]):
-        grad_x[n, c, Y*s + dy_i, X*s + dx_i] += W[o, i] * grad_y[n, o, Y, X]
-        grad_weight_per_sample[n, o, i] += grad_y[n, o, Y, X] * x[n, c, Y*s + dy_i, X*s + dx_i]
-    Each iteration zeroes its own grad_x[n] first. The weight sums run in float64; `fastmath={"reassoc"}` lets LLVM split
-    them into vector lanes, in an order fixed at compile time (so still deterministic).
+    For every term y[n, o, k] += W[o, i] * x[n, c, k + off_i] (off_i = dy_i W + dx_i):
+        grad_x[n, c, k + off_i] += W[o, i] * grad_y[n, o, k]
+        grad_weight_per_sample[n, o, i] += grad_y[n, o, k] * x[n, c, k + off_i]
+    Each iteration zeroes its own grad_x[n] first. The weight sums run in float64;
+    `fastmath={"reassoc"}` lets LLVM split them into vector lanes, in an order fixed at
+    compile time (so still deterministic).
     """
+    batch, channels, plane_size = x.shape
+    out_channels, group_size = weight.shape
+    outputs_per_group = out_channels // (channels // group_size)
+    height = plane_size // width
+    zero = x.dtype.type(0)
+    for n in prange(batch):
+        grad_x[n] = 0
+        for o in range(out_channels):
+            first_channel = (o // outputs_per_group) * group_size
+            grad_y_plane = grad_y[n, o]
+            for i in range(group_size):
+                channel = input_channels[first_channel + i]
+                x_plane = x[n, channel]
+                grad_x_plane = grad_x[n, channel]
+                w = weight[o, i]
+                col_offset = col_offsets[i]
+                first_out, first_in, count = _flat_run(row_offsets[i], col_offset, height, width)
+                weight_sum = np.float64(0)
+                for step in range(count):
+                    upstream = grad_y_plane[first_out + step]
+                    if col_offset != 0:
+                        col = columns[first_out + step] + col_offset
+                        upstream = upstream if (col >= 0) & (col < width) else zero
+                    grad_x_plane[first_in + step] += w * upstream
+                    weight_sum += np.float64(upstream) * np.float64(x_plane[first_in + step])
+                grad_weight_per_sample[n, o, i] = weight_sum
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
+                             input_channels, grad_x, grad_weight_per_sample):
+    """Gradients of `_strided_forward_kernel`, the same sums as `_flat_backward_kernel`
+    row by row."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     out_channels, group_size = weight.shape
     batch, out_height, out_width = grad_y.shape[0], grad_y.shape[2], grad_y.shape[3]
@@ -168,23 +254,15 @@ def _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offse
                                                              height, out_height)
                 first_col, first_in_col, cols = _valid_range(col_offsets[i], stride,
                                                              width, out_width)
-                weight_sum = 0.0
+                weight_sum = np.float64(0)
                 for row_step in range(rows):
                     row = first_row + row_step
                     in_row = first_in_row + row_step * stride
-                    if stride == 1:  # contiguous input row: LLVM vectorises this loop
-                        for step in range(cols):
-                            upstream = grad_y_plane[row, first_col + step]
-                            grad_x_plane[in_row, first_in_col + step] += w * upstream
-                            weight_sum += (np.float64(upstream)
-                                           * np.float64(x_plane[in_row, first_in_col + step]))
-                    else:
-                        for step in range(cols):
-                            upstream = grad_y_plane[row, first_col + step]
-                            in_col = first_in_col + step * stride
-                            grad_x_plane[in_row, in_col] += w * upstream
-                            weight_sum += (np.float64(upstream)
-                                           * np.float64(x_plane[in_row, in_col]))
+                    for step in range(cols):
+                        upstream = grad_y_plane[row, first_col + step]
+                        in_col = first_in_col + step * stride
+                        grad_x_plane[in_row, in_col] += w * upstream
+                        weight_sum += np.float64(upstream) * np.float64(x_plane[in_row, in_col])
                 grad_weight_per_sample[n, o, i] = weight_sum
 
 
@@ -206,23 +284,33 @@ def shuffled_channels(channels, shuffle_groups):
 
 
 def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuffle_groups=1):
-    """Allocate y (N, O, Ho, Wo) and run the forward kernel; offsets are indexed by i < G."""
-    batch, _, height, width = x.shape
+    """Allocate y (N, O, Ho, Wo) and run a forward kernel; offsets are indexed by i < G."""
+    batch, channels, height, width = x.shape
     y = np.empty((batch, weight.shape[0], output_size(height, stride), output_size(width, stride)),
                  dtype=x.dtype)
-    _shifted_pointwise_forward_kernel(x, weight, row_offsets, col_offsets, stride,
-                                      shuffled_channels(x.shape[1], shuffle_groups), y)
+    input_channels = shuffled_channels(channels, shuffle_groups)
+    if stride == 1:
+        _flat_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels, width,
+                             _columns(width, height), planes(y))
+    else:
+        _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels, y)
     return y
 
 
 def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, stride,
                                 shuffle_groups=1):
-    """Run the backward kernel; grad_W sums its float64 per-sample partials in sample order."""
+    """Run a backward kernel; grad_W sums its float64 per-sample partials in sample order."""
+    batch, channels, height, width = x.shape
     grad_x = np.empty_like(x)
-    grad_weight_per_sample = np.empty((x.shape[0],) + weight.shape, dtype=np.float64)
-    _shifted_pointwise_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
-                                       shuffled_channels(x.shape[1], shuffle_groups),
-                                       grad_x, grad_weight_per_sample)
+    grad_weight_per_sample = np.empty((batch,) + weight.shape, dtype=np.float64)
+    input_channels = shuffled_channels(channels, shuffle_groups)
+    if stride == 1:
+        _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
+                              input_channels, width, _columns(width, height), planes(grad_x),
+                              grad_weight_per_sample)
+    else:
+        _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
+                                 input_channels, grad_x, grad_weight_per_sample)
     return grad_x, grad_weight_per_sample.sum(axis=0).astype(x.dtype)
 
 
