@@ -251,7 +251,8 @@ class BatchNorm2d(Function):
       dx = weight inv_std / M * (M dy - dbias - xhat dweight).
     Eval: mean and var are the running statistics (constants): dx = dy weight inv_std.
     With apply_relu the output is relu(y), computed in the same pass; its backward first
-    masks dy by y > 0 (the ReLU's backward) and then is the batch norm's.
+    masks dy by y > 0 (the ReLU's backward, with y recomputed from x) and then is the batch
+    norm's.
     """
 
     @staticmethod
@@ -275,19 +276,18 @@ class BatchNorm2d(Function):
         if not apply_relu:
             ctx.save_for_backward(x, weight, mean, inv_std, None)
             return norm_kernels.batch_norm_forward(x, mean, inv_std, weight, bias)
-        y = norm_kernels.batch_norm_relu_forward(x, mean, inv_std, weight, bias)
-        ctx.save_for_backward(x, weight, mean, inv_std, y)
-        return y
+        ctx.save_for_backward(x, weight, mean, inv_std, bias)  # bias: for the ReLU mask
+        return norm_kernels.batch_norm_relu_forward(x, mean, inv_std, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, mean, inv_std, relu_output = ctx.saved_arrays
+        x, weight, mean, inv_std, relu_bias = ctx.saved_arrays
         grad_out = np.ascontiguousarray(grad_out)
-        if relu_output is None:
+        if relu_bias is None:
             return norm_kernels.batch_norm_backward(grad_out, x, mean, inv_std, weight,
                                                     ctx.training)
-        return norm_kernels.batch_norm_relu_backward(grad_out, x, relu_output, mean, inv_std,
-                                                     weight, ctx.training)
+        return norm_kernels.batch_norm_relu_backward(grad_out, x, mean, inv_std, weight,
+                                                     relu_bias, ctx.training)
 
 
 class ReLU(Function):

@@ -76,12 +76,12 @@ def test_batch_norm_variance_survives_a_large_mean():
 @pytest.mark.parametrize("channels_per_block", [2, 3, 5])
 def test_channel_blocks_do_not_change_the_sums(channels_per_block):
     """A channel's sums are the same whichever channels a thread sums with it."""
-    x, _, _, grad_y, mean, var = batch_norm_problem((3, 5, 4, 3), 11, np.float32, True)
+    x, weight, bias, grad_y, mean, var = batch_norm_problem((3, 5, 4, 3), 11, np.float32, True)
     x, grad_y = x.reshape(3, 5, 12), grad_y.reshape(3, 5, 12)
     kernel_inputs = [
         (norm._batch_norm_statistics_kernel, (x,)),
         (norm._batch_norm_parameter_grad_kernel,
-         (grad_y, x, norm.relu_forward(x), mean, inverse_std(var))),
+         (grad_y, x, mean, inverse_std(var), weight, bias)),
     ]
     for kernel, inputs in kernel_inputs:
         one_at_a_time = np.empty(5, np.float32), np.empty(5, np.float32)
@@ -113,8 +113,7 @@ def test_batch_norm_backward_matches_reference(shape, seed, dtype, batch_statist
     x, weight, bias, grad_y, mean, var = batch_norm_problem(shape, seed, dtype, batch_statistics)
     inv_std = inverse_std(var)
     if fused:
-        y = norm.batch_norm_relu_forward(x, mean, inv_std, weight, bias)
-        arguments = (grad_y, x, y, mean, inv_std, weight, batch_statistics)
+        arguments = (grad_y, x, mean, inv_std, weight, bias, batch_statistics)
         gradients = norm.batch_norm_relu_backward(*arguments)
         expected = norm.batch_norm_relu_backward_reference(*arguments)
     else:
@@ -139,8 +138,7 @@ def test_batch_norm_backward_matches_finite_differences(shape, seed, fused, batc
         # Difference steps move a pre-activation by ~1e-5: keep every one clear of the kink.
         pre_activation = norm.batch_norm_forward(x, mean, inv_std, weight, bias)
         assume(np.abs(pre_activation).min() > 1e-3)
-        y = norm.batch_norm_relu_forward(x, mean, inv_std, weight, bias)
-        gradients = norm.batch_norm_relu_backward(upstream, x, y, mean, inv_std, weight,
+        gradients = norm.batch_norm_relu_backward(upstream, x, mean, inv_std, weight, bias,
                                                   batch_statistics)
         forward = norm.batch_norm_relu_forward_reference
     else:
@@ -163,8 +161,8 @@ def test_batch_norm_in_eval_mode_takes_an_empty_batch(fused):
                          else (norm.batch_norm_forward, norm.batch_norm_backward))
     y = forward(x, mean, inverse_std(var), weight, bias)
     assert y.shape == x.shape
-    relu_output = (y,) if fused else ()
-    grad_x, grad_weight, grad_bias = backward(x, x, *relu_output, mean, inverse_std(var), weight,
+    relu_bias = (bias,) if fused else ()
+    grad_x, grad_weight, grad_bias = backward(x, x, mean, inverse_std(var), weight, *relu_bias,
                                               False)
     assert grad_x.shape == x.shape
     np.testing.assert_array_equal(grad_weight, np.zeros(3))

@@ -44,8 +44,11 @@ def _per_channel(values):
 def batch_norm_statistics(x):
     """Per-channel mean and biased variance of x (N, C, H, W) over N, H, W; shapes (C,).
 
-    mean_c = (1/M) sum x,  var_c = (1/M) sum (x - mean_c)^2 (two passes, so no cancellation
-    between E[x^2] and mean^2), accumulated in float64 and returned in x's dtype.
+    One pass over x: with d = x - K_c for a shift K_c = x[0, c, 0, 0] (a value of the channel,
+    so near its mean), mean_c = K_c + S1 / M and var_c = S2 / M - (S1 / M)^2, where S1 = sum d
+    and S2 = sum d^2. The sums run in float64, in which a product of two float32 values is
+    exact, and the shift keeps S2 / M and (S1 / M)^2 from being two large, nearly equal
+    numbers when the mean is far from 0. Returned in x's dtype.
     """
     mean = np.empty(x.shape[1], x.dtype)
     var = np.empty(x.shape[1], x.dtype)
@@ -69,25 +72,26 @@ def _batch_norm_statistics_kernel(x, channels_per_block, mean, var):
     for block in prange(-(-channels // channels_per_block)):
         first = block * channels_per_block
         block_size = min(channels_per_block, channels - first)
+        shifts = np.empty(block_size)
+        for k in range(block_size):
+            shifts[k] = x[0, first + k, 0]
         totals = np.zeros(block_size)
-        for n in range(batch):
-            for k in range(block_size):
-                plane_total = np.float64(0)
-                for i in range(plane):
-                    plane_total += x[n, first + k, i]
-                totals[k] += plane_total
-        block_mean = totals / count
         squares = np.zeros(block_size)
         for n in range(batch):
             for k in range(block_size):
+                shift = shifts[k]
+                plane_total = np.float64(0)
                 plane_squares = np.float64(0)
                 for i in range(plane):
-                    deviation = x[n, first + k, i] - block_mean[k]
+                    deviation = np.float64(x[n, first + k, i]) - shift
+                    plane_total += deviation
                     plane_squares += deviation * deviation
+                totals[k] += plane_total
                 squares[k] += plane_squares
         for k in range(block_size):
-            mean[first + k] = block_mean[k]
-            var[first + k] = squares[k] / count
+            shifted_mean = totals[k] / count
+            mean[first + k] = shifts[k] + shifted_mean
+            var[first + k] = max(0.0, squares[k] / count - shifted_mean * shifted_mean)
 
 
 def batch_norm_statistics_reference(x):
@@ -119,6 +123,14 @@ def batch_norm_relu_forward(x, mean, inv_std, weight, bias):
     return y
 
 
+@njit(cache=True)
+def _normalised(x, mean, scale, bias):
+    """(x - mean) * scale + bias, scale = inv_std * weight: the one expression of the forward
+    pass, which the ReLU's backward recomputes (a separate function without fastmath, so
+    that every kernel rounds it the same way and the ReLU's mask is the forward's)."""
+    return (x - mean) * scale + bias
+
+
 @njit(cache=True, parallel=True)
 def _batch_norm_forward_kernel(x, mean, inv_std, weight, bias, apply_relu, y):
     batch, channels, plane = x.shape
@@ -128,16 +140,15 @@ def _batch_norm_forward_kernel(x, mean, inv_std, weight, bias, apply_relu, y):
         channel_mean, channel_bias = mean[c], bias[c]
         scale = inv_std[c] * weight[c]
         for i in range(plane):
-            value = (x[n, c, i] - channel_mean) * scale + channel_bias
+            value = _normalised(x[n, c, i], channel_mean, scale, channel_bias)
             if apply_relu and value < 0:
                 value = zero
             y[n, c, i] = value
 
 
 def batch_norm_forward_reference(x, mean, inv_std, weight, bias):
-    """NumPy twin of `batch_norm_forward`."""
-    return ((x - _per_channel(mean)) * _per_channel(inv_std) * _per_channel(weight)
-            + _per_channel(bias))
+    """NumPy twin of `batch_norm_forward`, rounded in the same order (scale = inv_std * weight)."""
+    return (x - _per_channel(mean)) * _per_channel(inv_std * weight) + _per_channel(bias)
 
 
 def batch_norm_relu_forward_reference(x, mean, inv_std, weight, bias):
@@ -166,38 +177,40 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, batch_statistics):
     g_j * weight * d xhat_j / d x_i over j:
         grad_x = weight * inv_std / M * (M g - grad_bias - xhat * grad_weight).
     """
-    return _batch_norm_backward(grad_y, x, None, mean, inv_std, weight, batch_statistics)
+    return _batch_norm_backward(grad_y, x, mean, inv_std, weight, None, batch_statistics)
 
 
-def batch_norm_relu_backward(grad_y, x, y, mean, inv_std, weight, batch_statistics):
+def batch_norm_relu_backward(grad_y, x, mean, inv_std, weight, bias, batch_statistics):
     """Gradients (grad_x, grad_weight, grad_bias) of y = relu(batch_norm(x)).
 
     The ReLU passes the gradient where y > 0 (the subgradient 0 at the kink), so this is
-    `batch_norm_backward` of g = grad_y * [y > 0], without writing g to memory.
+    `batch_norm_backward` of g = grad_y * [y > 0], without writing g to memory. y > 0 exactly
+    where the batch norm's value (x - mean) * inv_std * weight + bias is, and the kernels
+    recompute that value from x, which they read anyway, rather than read y: one pass over
+    memory less in each of the two kernels.
     """
-    return _batch_norm_backward(grad_y, x, y, mean, inv_std, weight, batch_statistics)
+    return _batch_norm_backward(grad_y, x, mean, inv_std, weight, bias, batch_statistics)
 
 
-def _batch_norm_backward(grad_y, x, relu_output, mean, inv_std, weight, batch_statistics):
-    relu_output = None if relu_output is None else planes(relu_output)
+def _batch_norm_backward(grad_y, x, mean, inv_std, weight, relu_bias, batch_statistics):
+    """relu_bias: the batch norm's bias when a ReLU follows it, else None."""
     grad_weight = np.empty_like(weight)
     grad_bias = np.empty_like(weight)
-    _batch_norm_parameter_grad_kernel(planes(grad_y), planes(x), relu_output, mean, inv_std,
-                                      _channels_per_block(x), grad_weight, grad_bias)
+    _batch_norm_parameter_grad_kernel(planes(grad_y), planes(x), mean, inv_std, weight,
+                                      relu_bias, _channels_per_block(x), grad_weight, grad_bias)
     grad_x = np.empty_like(x)
-    _batch_norm_input_grad_kernel(planes(grad_y), planes(x), relu_output, mean, inv_std,
-                                  weight, grad_weight, grad_bias, batch_statistics,
-                                  planes(grad_x))
+    _batch_norm_input_grad_kernel(planes(grad_y), planes(x), mean, inv_std, weight, relu_bias,
+                                  grad_weight, grad_bias, batch_statistics, planes(grad_x))
     return grad_x, grad_weight, grad_bias
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _batch_norm_parameter_grad_kernel(grad_y, x, relu_output, mean, inv_std, channels_per_block,
-                                      grad_weight, grad_bias):
+def _batch_norm_parameter_grad_kernel(grad_y, x, mean, inv_std, weight, relu_bias,
+                                      channels_per_block, grad_weight, grad_bias):
     """grad_bias = sum g, grad_weight = inv_std * sum g * (x - mean), per channel.
 
-    g is grad_y masked by relu_output > 0 when `relu_output` (the output of a ReLU after the
-    batch norm) is given; for None, Numba compiles the kernel without the mask.
+    g is grad_y masked by relu(batch norm) > 0 when `relu_bias` (the bias of a batch norm
+    followed by a ReLU) is given; for None, Numba compiles the kernel without the mask.
     """
     batch, channels, plane = x.shape
     zero = grad_y.dtype.type(0)
@@ -210,12 +223,14 @@ def _batch_norm_parameter_grad_kernel(grad_y, x, relu_output, mean, inv_std, cha
             for k in range(block_size):
                 c = first + k
                 channel_mean = mean[c]
+                scale = inv_std[c] * weight[c]
                 plane_grad = np.float64(0)
                 plane_grad_centred = np.float64(0)
                 for i in range(plane):
                     grad = grad_y[n, c, i]
-                    if relu_output is not None:
-                        grad = grad if relu_output[n, c, i] > 0 else zero
+                    if relu_bias is not None:
+                        kept = _normalised(x[n, c, i], channel_mean, scale, relu_bias[c]) > 0
+                        grad = grad if kept else zero
                     plane_grad += grad
                     plane_grad_centred += grad * (x[n, c, i] - channel_mean)
                 sum_grad[k] += plane_grad
@@ -226,7 +241,7 @@ def _batch_norm_parameter_grad_kernel(grad_y, x, relu_output, mean, inv_std, cha
 
 
 @njit(cache=True, parallel=True)
-def _batch_norm_input_grad_kernel(grad_y, x, relu_output, mean, inv_std, weight, grad_weight,
+def _batch_norm_input_grad_kernel(grad_y, x, mean, inv_std, weight, relu_bias, grad_weight,
                                   grad_bias, batch_statistics, grad_x):
     """grad_x = weight * inv_std * (g - grad_bias / M - xhat * grad_weight / M) in training
     mode, where the two corrections come from the statistics' dependence on x; in eval mode
@@ -238,7 +253,7 @@ def _batch_norm_input_grad_kernel(grad_y, x, relu_output, mean, inv_std, weight,
     for index in prange(batch * channels):
         n, c = index // channels, index % channels
         channel_mean = mean[c]
-        scale = weight[c] * inv_std[c]
+        scale = inv_std[c] * weight[c]
         mean_grad = zero
         centred_coefficient = zero
         if batch_statistics:
@@ -246,8 +261,8 @@ def _batch_norm_input_grad_kernel(grad_y, x, relu_output, mean, inv_std, weight,
             centred_coefficient = as_dtype(grad_weight[c] * inv_std[c] / count)
         for i in range(plane):
             grad = grad_y[n, c, i]
-            if relu_output is not None:
-                grad = grad if relu_output[n, c, i] > 0 else zero
+            if relu_bias is not None:
+                grad = grad if _normalised(x[n, c, i], channel_mean, scale, relu_bias[c]) > 0 else zero
             grad_x[n, c, i] = scale * (
                 grad - mean_grad - (x[n, c, i] - channel_mean) * centred_coefficient)
 
@@ -266,8 +281,9 @@ def batch_norm_backward_reference(grad_y, x, mean, inv_std, weight, batch_statis
     return grad_x, grad_weight, grad_bias
 
 
-def batch_norm_relu_backward_reference(grad_y, x, y, mean, inv_std, weight, batch_statistics):
-    """NumPy twin of `batch_norm_relu_backward`."""
+def batch_norm_relu_backward_reference(grad_y, x, mean, inv_std, weight, bias, batch_statistics):
+    """NumPy twin of `batch_norm_relu_backward`: the ReLU's backward on the recomputed output."""
+    y = batch_norm_relu_forward_reference(x, mean, inv_std, weight, bias)
     return batch_norm_backward_reference(relu_backward_reference(grad_y, y), x, mean, inv_std,
                                          weight, batch_statistics)
 
