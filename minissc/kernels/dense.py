@@ -98,7 +98,13 @@ def _run_in_chunks(job, batch):
         return [job(images) for images in chunks]
     if threads not in _pools:
         _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="minissc-dense")
-    return list(_pools[threads].map(job, chunks))
+    floating_point_errors = np.geterr()  # the caller's np.errstate, which threads don't inherit
+
+    def job_as_caller(images):
+        with np.errstate(**floating_point_errors):
+            return job(images)
+
+    return list(_pools[threads].map(job_as_caller, chunks))
 
 
 def _output_size(x_shape, kh, kw, stride, padding):
