@@ -109,9 +109,13 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #
 # * `prange` runs the output planes y[n, o] in parallel: each is written by one thread only,
 #   so there is no race and no lock.
-# * `_valid_range` computes, once per (o, i), the range of output rows and columns whose
-#   shifted input lies inside the image. The inner loop then has no `if` and no bounds
-#   arithmetic, and with stride 1 it walks a contiguous row, which LLVM vectorises.
+# * With stride 1 a shift by (dy, dx) is a constant offset dy * W + dx in a plane stored
+#   flat (k = row * W + col). So the inner loop walks the whole plane at once: one long loop
+#   that LLVM vectorises, where rows of 8 or 16 values would be too short to. `_flat_run`
+#   computes, once per (o, i), the run of output positions whose row reads inside the image;
+#   the values that wrap across a row edge (col + dx outside the row) are dropped by a
+#   select, which adds exactly 0. (With stride 2 the input index is not a constant offset
+#   of the output index; `_strided_forward_kernel` goes row by row.)
 # * The offsets are arguments: with all of them 0 the same kernel *is* the group point-wise
 #   convolution, so `group_pointwise_forward` and `ssc_forward` share it.
 # * Input channels are read through an index map (`input_channels`): the identity for a plain
@@ -119,7 +123,7 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   SSC layer's reads (tutorial 5), so the shuffled copy is never stored either.
 
 # %%
-print(inspect.getsource(ssc._shifted_pointwise_forward_kernel.py_func))
+print(inspect.getsource(ssc._flat_forward_kernel.py_func))
 
 # %% [markdown]
 # ## A realistic layer
@@ -177,8 +181,7 @@ methods = {  # (pass, method): function
 # minissc) or a cache load, plus the first touch of freshly allocated memory.
 
 # %%
-numba_kernels = (ssc._shift_kernel, ssc._shifted_pointwise_forward_kernel,
-                 ssc._shifted_pointwise_backward_kernel)
+numba_kernels = (ssc._shift_kernel, ssc._flat_forward_kernel, ssc._flat_backward_kernel)
 
 
 def cache_counts():
@@ -297,9 +300,9 @@ print(f"forward + backward: fused {1000 * fused_total:.1f} ms, unfused pair "
 #   19 MB) make the pair's extra pass cheap, and the speed-up shrinks towards 1x; at batch 128
 #   (75 MB per tensor) the extra passes go to main memory. On a machine shared with other work
 #   the numbers also move by tens of percent from run to run.
-# * The fused loop can be slower than the plain point-wise loop over the same data (its rows
-#   are shifted, so they are shorter and start at unaligned addresses; the printout above
-#   compares the two), which then eats part of the saved shift. The backward kernel also sums dW in float64
+# * The fused loop can be slower than the plain point-wise loop over the same data (its runs
+#   are shifted, so they start at unaligned addresses and the edge columns need a select;
+#   the printout above compares the two), which then eats part of the saved shift. The backward kernel also sums dW in float64
 #   (for accuracy and a deterministic order), which halves the SIMD width of that loop. So the
 #   measured gain is smaller than the traffic ratio, and it varies from run to run.
 #
@@ -383,7 +386,7 @@ save(figure, "04_fusion.png")
 # ## Summary
 #
 # * The NumPy twin is the specification; the Numba kernel is the same loops, parallel over
-#   output planes, with the bounds hoisted out of the inner loop.
+#   output planes, each plane walked as one flat run with the bounds hoisted out of it.
 # * Warm-up (compile or cache load) is paid once per process; report it apart from the
 #   steady state.
 # * An SSC layer does about 2 flops per byte moved. The fused kernel moves about half the
