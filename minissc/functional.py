@@ -428,8 +428,9 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, groups: int 
         raise ValueError(f"in_channels ({channels}) and out_channels ({out_channels}) must be "
                          f"divisible by groups ({groups})")
     if weight.shape[1] != channels // groups:
-        raise ValueError(f"weight.shape[1] must be in_channels // groups = {channels // groups}, "
-                         f"got weight of shape {tuple(weight.shape)}")
+        raise ValueError(f"x has {channels} channels but weight of shape {tuple(weight.shape)} "
+                         f"expects {weight.shape[1] * groups} (weight.shape[1] * groups = "
+                         f"in_channels)")
     kh, kw = weight.shape[2:]
     if x.shape[2] + 2 * padding < kh or x.shape[3] + 2 * padding < kw:
         raise ValueError(f"kernel {kh}x{kw} is larger than the padded input "
@@ -511,7 +512,10 @@ class CrossEntropy(Function):
         target = np.full_like(logits, label_smoothing / k)
         target[np.arange(n), labels] += 1.0 - label_smoothing
         ctx.save_for_backward(log_probs, target)
-        return np.asarray(-(target * log_probs).sum() / n, dtype=logits.dtype)
+        # A class with target 0 adds nothing, even where its log-probability is -inf (logits
+        # spanning the float32 range): 0 * -inf would be NaN.
+        terms = np.where(target > 0, target * log_probs, 0)
+        return np.asarray(-terms.sum() / n + 0.0, dtype=logits.dtype)  # + 0.0: no -0.0
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -253,7 +253,7 @@ BAD_CALLS = [
     ("mixed dtypes", lambda: F.ssc_conv2d(X, W.astype(np.float64)), TypeError, r"x is float32, weight is float64"),
     ("1-D weight", lambda: F.ssc_conv2d(X, W.ravel()), ValueError, r"weight must have 2 dimensions.*\(36,\)"),
     ("shift group too big", lambda: F.shift(X, 3, group_size=10), ValueError, r"group_size must be <= kernel_size\*\*2 = 9.*got 10"),
-    ("conv weight shape", lambda: F.conv2d(X, np.zeros((4, 5, 3, 3), np.float32)), ValueError, r"weight.shape\[1\] must be in_channels // groups = 18"),
+    ("conv weight shape", lambda: F.conv2d(X, np.zeros((4, 5, 3, 3), np.float32)), ValueError, r"x has 18 channels but weight of shape \(4, 5, 3, 3\) expects 5"),
     ("bn weight shape", lambda: F.batch_norm2d(X, np.ones(3, np.float32)), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
     ("bn one value per channel", lambda: F.batch_norm2d(X[:1, :, :1, :1]), ValueError, r"more than one value per channel"),
     ("label out of range", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 3])), ValueError, r"labels must be in \[0, 3\), got 3"),
