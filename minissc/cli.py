@@ -1,8 +1,10 @@
 """The ``minissc`` command: train, eval, plot, summary.
 
-Errors a user can fix (a bad option, a missing file, a checkpoint of another model) print
-one line, ``minissc: error: ...``, and exit with status 1, without a traceback; set
-MINISSC_DEBUG=1 to see the traceback anyway.
+Whatever goes wrong prints one line on stderr and no traceback (set MINISSC_DEBUG=1 to see
+the traceback anyway). Exit status: 0 done; 1 an error a user can fix (a bad setting, a
+missing or broken file, a checkpoint of another model, a diverged run), ``minissc: error:
+...``; 2 a command line that does not parse, ``minissc train: error: ...``; 130 interrupted
+by Ctrl-C, with where the run was saved and how to continue it.
 """
 from __future__ import annotations
 
@@ -13,8 +15,15 @@ import sys
 DEFAULT_DATA_DIR = os.environ.get("MINISSC_DATA", "data")
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (argparse prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minissc", description=__doc__.splitlines()[0])
+    parser = _OneLineErrorParser(prog="minissc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model of the zoo on CIFAR")
@@ -44,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="run folder (metrics, checkpoints, summary)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoint (the settings must "
+                            "be the same, except --lr; without a checkpoint it starts afresh)")
     train.add_argument("--time-limit", type=float, metavar="MINUTES",
                        help="stop after this many minutes of training")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,20 +115,34 @@ def _run(args) -> None:
         print(summary_text(args.model, num_classes=args.num_classes, **_model_options(args)))
 
 
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from minissc.checkpoint import CheckpointError
-    from minissc.train import TrainingDiverged
+    from minissc.train import TrainingDiverged, TrainingInterrupted
     try:
         _run(args)
-    except KeyboardInterrupt:
-        print("minissc: interrupted; the last complete epoch's checkpoint is kept "
-              "(continue with --resume)", file=sys.stderr)
+    except TrainingInterrupted as interrupt:
+        print(f"minissc: {_one_line(interrupt)}", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, OSError, CheckpointError, TrainingDiverged) as error:
+    except KeyboardInterrupt:
+        if os.environ.get("MINISSC_DEBUG"):
+            raise
+        print("minissc: interrupted; a run keeps its last checkpoint: continue it with the "
+              "same command and --resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, OSError, TrainingDiverged) as error:
         if os.environ.get("MINISSC_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"minissc: error: {message}", file=sys.stderr)
+        print(f"minissc: error: {_one_line(message)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug: still one line, and how to see more
+        if os.environ.get("MINISSC_DEBUG"):
+            raise
+        print(f"minissc: internal error: {type(error).__name__}: {_one_line(error)} (a bug; "
+              f"MINISSC_DEBUG=1 shows the traceback, please report it)", file=sys.stderr)
         return 1
     return 0

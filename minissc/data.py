@@ -171,6 +171,9 @@ def load_cifar(dataset: str, data_dir: str | os.PathLike, download: bool = True,
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
     data_dir = Path(os.path.abspath(data_dir))
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DatasetNotFoundError(f"the data folder {data_dir} is a file, not a folder; give "
+                                   f"the folder that holds the {spec.title} archive")
     for version in spec.versions:
         folder = data_dir / version.folder
         if folder.is_dir():
@@ -199,11 +202,10 @@ def _not_found_message(spec: DatasetSpec, data_dir: Path, reason: str) -> str:
     looked_for = [f"{data_dir / v.folder}/" for v in spec.versions]
     looked_for += [str(data_dir / v.archive) for v in spec.versions]
     archive = spec.versions[0].archive
-    return (f"{spec.title} not found in {data_dir} {reason}. Looked for any of:\n"
-            + "".join(f"  {path}\n" for path in looked_for)
-            + f"Download {DOWNLOAD_URL}{archive} (md5 {ARCHIVE_MD5[archive]}) and put it at "
-            f"{data_dir / archive}; the folder it extracts to ({spec.versions[0].folder}/) "
-            f"works too.")
+    return (f"{spec.title} not found in {data_dir} {reason}. Looked for any of: "
+            f"{', '.join(looked_for)}. Download {DOWNLOAD_URL}{archive} (md5 "
+            f"{ARCHIVE_MD5[archive]}) and put it at {data_dir / archive}; the folder it "
+            f"extracts to ({spec.versions[0].folder}/) works too.")
 
 
 def _load_archive(spec: DatasetSpec, version: Version, archive: Path, verify_md5: bool,
@@ -472,6 +474,9 @@ def normalize(images: np.ndarray, mean=CIFAR_MEAN, std=CIFAR_STD) -> np.ndarray:
     """uint8 images (N, C, H, W) -> float32 ``(x / 255 - mean[c]) / std[c]`` per channel c."""
     if images.dtype != np.uint8:
         raise ValueError(f"normalize expects uint8 images (0..255), got {images.dtype}")
+    if images.ndim != 4 or images.shape[1] != len(mean) or len(std) != len(mean):
+        raise ValueError(f"normalize expects images (N, C, H, W) with C = {len(mean)} channels "
+                         f"(one mean and std each), got shape {images.shape}")
     mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
     std = np.asarray(std, np.float32).reshape(-1, 1, 1)
     return (images.astype(np.float32) / np.float32(255) - mean) / std
@@ -486,6 +491,11 @@ def random_crop_flip(images: np.ndarray, rng: np.random.Generator, padding: int 
     and, if `flip`, reversed along W with probability 1/2. Returns a new array, same shape and
     dtype. Draws from `rng`: the N row offsets, the N column offsets, then the N flip coins.
     """
+    if images.ndim != 4:
+        raise ValueError(f"random_crop_flip expects images (N, C, H, W), got shape "
+                         f"{images.shape}")
+    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
+        raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
     count, _, height, width = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     # windows[i, c, y, x] is the H x W crop of padded image i whose top-left corner is (y, x).

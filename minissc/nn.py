@@ -180,6 +180,11 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform(out_channels, 1 / math.sqrt(fan_in))) if bias else None
 
     def forward(self, x):
+        expected = self.weight.shape[1] * self.groups
+        shape = getattr(x, "shape", ())
+        if len(shape) == 4 and shape[1] != expected:  # e.g. channels-last images (N, H, W, C)
+            raise ValueError(f"Conv2d expects input (N, C, H, W) with C = {expected} channels, "
+                             f"got shape {tuple(shape)}")
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
 
     def extra_repr(self):

@@ -9,13 +9,19 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from minissc.checkpoint import check_writable_folder  # noqa: E402
+
 
 def read_metrics(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not a run folder: {path} is missing")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is corrupt ({error}): not a metrics file written by "
+                         f"minissc") from None
 
 
 def run_label(run_dir: str) -> str:
@@ -24,6 +30,7 @@ def run_label(run_dir: str) -> str:
 
 def plot_runs(run_dirs: list[str], out_path: str) -> str:
     """Draw train/test loss, train/test accuracy and train - test accuracy per epoch."""
+    check_writable_folder(os.path.dirname(os.path.abspath(out_path)), "--out")
     histories = [(run_label(d), read_metrics(d)) for d in run_dirs]
     figure, (loss_ax, acc_ax, gap_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
     for index, (label, history) in enumerate(histories):

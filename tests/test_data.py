@@ -1,7 +1,6 @@
 """Tests of minissc.data on tiny fake CIFAR datasets built in tmp_path (no network, no real
 data)."""
 import io
-import os
 import pickle
 import struct
 import tarfile
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from minissc import data
 from minissc.data import DatasetError, DatasetNotFoundError, load_cifar
 from strategies import seeds
+from synthetic import RunsCommand
 
 DATASETS = ("cifar10", "cifar100")
 LAYOUTS = ("python", "binary", "python archive", "binary archive")
@@ -286,16 +286,6 @@ def test_incomplete_folder_is_a_dataset_error(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Trust: malicious pickles and archive members
 # --------------------------------------------------------------------------------------------
-
-
-class RunsCommand:
-    """Pickles to a call of os.system: whoever unpickles it with pickle.load runs `command`."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return os.system, (self.command,)
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
