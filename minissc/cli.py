@@ -1,4 +1,4 @@
-"""The ``minissc`` command: train, eval, plot, summary.
+"""The ``minissc`` command: train, eval, plot, report, summary.
 
 Whatever goes wrong prints one line on stderr and no traceback (set MINISSC_DEBUG=1 to see
 the traceback anyway). Exit status: 0 done; 1 an error a user can fix (a bad setting, a
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--time-limit", type=float, metavar="MINUTES",
                        help="stop after this many minutes of training")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--train-eval", type=int, default=0, metavar="N",
+                       help="after training, also measure accuracy in eval mode on the first N "
+                            "training images (summary.json: train_eval_acc, eval_gap)")
 
     evaluate = commands.add_parser("eval", help="test accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", help="a run's checkpoint.npz or best.npz")
@@ -69,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="learning curves of run folders, as a PNG")
     plot.add_argument("runs", nargs="+", help="run folders")
     plot.add_argument("--out", help="PNG path (default: curves.png in the first run folder)")
+
+    report = commands.add_parser("report", help="a results page (tables, figures, commands) "
+                                                "from run folders, as a spec file lists them")
+    report.add_argument("spec", help="JSON spec; README.md and figures/ are written beside it "
+                                     "(see minissc.report)")
 
     summary = commands.add_parser("summary", help="per-layer shapes, parameters and MACs")
     summary.add_argument("model")
@@ -82,19 +90,25 @@ def _model_options(args) -> dict:
     return {name: getattr(args, name) for name in ("r", "e") if getattr(args, name) is not None}
 
 
+def train_config(args):
+    """The TrainConfig of parsed `minissc train` arguments."""
+    from minissc.train import TrainConfig
+    return TrainConfig(
+        model=args.model, model_options=_model_options(args), dataset=args.dataset,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, momentum=args.momentum, nesterov=args.nesterov,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        augment=not args.no_augment, subset=args.subset, test_subset=args.test_subset,
+        seed=args.seed)
+
+
 def _run(args) -> None:
     if args.command == "train":
-        from minissc.train import TrainConfig, train
-        config = TrainConfig(
-            model=args.model, model_options=_model_options(args), dataset=args.dataset,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-            warmup_epochs=args.warmup_epochs, momentum=args.momentum, nesterov=args.nesterov,
-            weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-            augment=not args.no_augment, subset=args.subset, test_subset=args.test_subset,
-            seed=args.seed)
-        summary = train(config, args.out, args.data_dir, resume=args.resume,
+        from minissc.train import train
+        summary = train(train_config(args), args.out, args.data_dir, resume=args.resume,
                         time_limit_minutes=args.time_limit, progress=not args.no_progress,
-                        download=not args.no_download, verify_md5=not args.no_verify)
+                        download=not args.no_download, verify_md5=not args.no_verify,
+                        train_eval_images=args.train_eval)
         print(f"{summary['model']}: best test accuracy {100 * summary['best_test_acc']:.2f}%, "
               f"last {100 * summary['last_test_acc']:.2f}% after {summary['epochs_completed']} "
               f"complete epoch(s), {summary['images_per_second']:.0f} img/s "
@@ -110,6 +124,9 @@ def _run(args) -> None:
         from minissc.plots import plot_runs
         out = args.out or os.path.join(args.runs[0], "curves.png")
         print(plot_runs(args.runs, out))
+    elif args.command == "report":
+        from minissc.report import write_report
+        print(write_report(args.spec))
     elif args.command == "summary":
         from minissc.summary import summary_text
         print(summary_text(args.model, num_classes=args.num_classes, **_model_options(args)))

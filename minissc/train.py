@@ -180,8 +180,13 @@ class _StopOnFirstSigint:
 
 def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: bool = False,
           time_limit_minutes: float | None = None, progress: bool = True,
-          download: bool = True, verify_md5: bool = True) -> dict:
+          download: bool = True, verify_md5: bool = True, train_eval_images: int = 0) -> dict:
     """Train as `config` says, writing the run folder `out_dir`; returns the summary dict.
+
+    With train_eval_images = n > 0, the trained model is also evaluated (eval mode, no
+    augmentation) on the first n images of its training set: the summary's `train_eval_acc`
+    and `eval_gap` (train_eval_acc - last_test_acc) measure over-fitting better than the
+    running accuracy of the last epoch, which saw augmented images and a moving model.
 
     Raises before writing anything if a setting, the folder, the data or the checkpoint to
     resume from is bad; `TrainingDiverged` on a NaN or infinite loss; `TrainingInterrupted`
@@ -190,6 +195,9 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
     config.validate()
     if time_limit_minutes is not None and not time_limit_minutes > 0:
         raise ValueError(f"time limit must be > 0 minutes, got {time_limit_minutes}")
+    if isinstance(train_eval_images, bool) or not isinstance(train_eval_images, int) \
+            or train_eval_images < 0:
+        raise ValueError(f"train_eval_images must be an integer >= 0, got {train_eval_images!r}")
     checkpoint_path = os.path.join(out_dir, CHECKPOINT)
     _check_run_folder(config, out_dir, resume)
     model = build_model(config, data.DATASETS[config.dataset].num_classes)
@@ -311,6 +319,12 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
 
     summary = _summary(config, model, history, train_seconds, stopped_by,
                        len(train_labels), len(test_labels), lr_changes)
+    if train_eval_images and history:
+        count = min(train_eval_images, len(train_labels))
+        _, summary["train_eval_acc"] = evaluate(model, train_images[:count],
+                                                train_labels[:count], mean, std)
+        summary["train_eval_images"] = count
+        summary["eval_gap"] = summary["train_eval_acc"] - summary["last_test_acc"]
     write_text_atomically(os.path.join(out_dir, SUMMARY), json.dumps(summary, indent=2))
     return summary
 

@@ -270,6 +270,8 @@ BAD_INPUT = [
                                          ["test_subset must be a positive integer, got 0"])),
     case("zero time limit", lambda ws: (new_run(ws, "--time-limit", "0"),
                                         ["time limit must be > 0 minutes, got 0.0"])),
+    case("negative train-eval count", lambda ws: (new_run(ws, "--train-eval", "-5"),
+                                                  ["train_eval_images must be an integer >= 0, got -5"])),
     case("unknown schedule", lambda ws: (new_run(ws, "--schedule", "linear"),
                                          ["argument --schedule: invalid choice: 'linear'"]), 2),
     case("unknown dataset", lambda ws: (new_run(ws, "--dataset", "cifar1000"),
