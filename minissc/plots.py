@@ -4,12 +4,10 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+from matplotlib.figure import Figure  # draws to a file without pyplot: no screen needed, and
+                                      # the caller's matplotlib backend is left alone
 
-matplotlib.use("Agg")  # files only: no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from minissc.checkpoint import check_writable_folder  # noqa: E402
+from minissc.checkpoint import check_writable_folder
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -32,7 +30,8 @@ def plot_runs(run_dirs: list[str], out_path: str) -> str:
     """Draw train/test loss, train/test accuracy and train - test accuracy per epoch."""
     check_writable_folder(os.path.dirname(os.path.abspath(out_path)), "--out")
     histories = [(run_label(d), read_metrics(d)) for d in run_dirs]
-    figure, (loss_ax, acc_ax, gap_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+    figure = Figure(figsize=(15, 4.2))
+    loss_ax, acc_ax, gap_ax = figure.subplots(1, 3)
     for index, (label, history) in enumerate(histories):
         color = f"C{index % 10}"
         epochs = [row["epoch"] for row in history]
@@ -55,5 +54,4 @@ def plot_runs(run_dirs: list[str], out_path: str) -> str:
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     figure.savefig(out_path, dpi=110)
-    plt.close(figure)
     return out_path

@@ -80,8 +80,7 @@ def save(figure, name):
 
 
 def show(path):
-    """Display a saved PNG in a notebook. (Importing minissc.plots switches matplotlib to its
-    file-only Agg backend, so figures are no longer shown inline by themselves.)"""
+    """Display a saved PNG in a notebook (`minissc.plots` draws into files, not on screen)."""
     if "ipykernel" in sys.modules:
         from IPython.display import Image, display
         display(Image(str(path)))
