@@ -52,6 +52,8 @@ def _write_atomically(path: str, write) -> None:
     fd, tmp_path = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, suffix=os.path.splitext(path)[1],
                                     dir=directory)
     try:
+        # mkstemp makes the file private (0600); give it what open() would (0666 - umask).
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -62,6 +64,13 @@ def _write_atomically(path: str, write) -> None:
             os.remove(tmp_path)
         raise
     _fsync_directory(directory)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: str) -> None:

@@ -438,6 +438,17 @@ def test_a_refused_save_leaves_the_old_checkpoint(tmp_path, arrays, meta, error,
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_saved_file_has_the_permissions_the_umask_gives(tmp_path, umask):
+    """Written through a private temporary file, but readable as any file the user writes."""
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(str(tmp_path / "checkpoint.npz"), {"weights": np.ones(2)}, {})
+    finally:
+        os.umask(previous)
+    assert os.stat(tmp_path / "checkpoint.npz").st_mode & 0o777 == 0o666 & ~umask
+
+
 # ------------------------------------------------------------------------------------------
 # 2. Killed and interrupted runs resume to the same bits
 # ------------------------------------------------------------------------------------------
