@@ -2,9 +2,14 @@
 
 A `Tensor` wraps one array. Every operation is a `Function` (see `minissc.functional`):
 `Function.apply` runs its `forward` on plain arrays and, when a gradient is needed,
-records a `Node` (the function, its `Context` and its input tensors) on the output.
+records a `Node` (the function, its `Context` and where its inputs came from) on the output.
 `Tensor.backward` sorts the recorded graph topologically, without recursion, and runs
-each node's `backward` once, summing the gradients of a tensor used more than once.
+each node's `backward` once, summing the gradients of a value used more than once.
+
+The graph links nodes to the nodes that made their inputs (and to leaf tensors), never to
+intermediate tensors: an intermediate array lives only as long as the caller holds its
+tensor or a `Context` saved it for backward. (A graph of tensors would keep every layer's
+output until the end of backward, e.g. a Shift-Net's widest tensor, which no backward needs.)
 
 Semantics (the same as PyTorch's):
 - only leaf tensors with ``requires_grad=True`` keep a ``.grad``; it accumulates over
@@ -157,16 +162,16 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"grad has shape {grad.shape}, expected {self.shape}")
 
-        order = _topological_order(self)
-        grads = {id(self): grad}
-        for tensor in order:  # outputs before the inputs they were computed from
-            grad_out = grads.pop(id(tensor), None)
+        root = self if self._node is None else self._node
+        grads = {id(root): grad}
+        for vertex in _topological_order(root):  # consumers before what they consumed
+            grad_out = grads.pop(id(vertex), None)
             if grad_out is None:
                 continue
-            node = tensor._node
-            if node is None:  # a leaf
-                tensor.grad = grad_out.copy() if tensor.grad is None else tensor.grad + grad_out
+            if isinstance(vertex, Tensor):  # a leaf
+                vertex.grad = grad_out.copy() if vertex.grad is None else vertex.grad + grad_out
                 continue
+            node = vertex
             if node.ctx is None:
                 raise RuntimeError("backward() through a graph a second time: its saved arrays "
                                    "were freed by the first backward(); pass retain_graph=True "
@@ -175,7 +180,7 @@ class Tensor:
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
             for parent, parent_grad in zip(node.inputs, input_grads):
-                if parent is None or parent_grad is None or not parent.requires_grad:
+                if parent is None or parent_grad is None:
                     continue
                 key = id(parent)
                 grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
@@ -183,25 +188,25 @@ class Tensor:
                 node.ctx = None
 
 
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Tensors of the graph below `root` that need a gradient, each after all its consumers.
+def _topological_order(root) -> list:
+    """The nodes and leaf tensors of the graph below `root`, each after all its consumers.
 
     Iterative depth-first search (a 10,000-op chain must not hit Python's recursion limit).
     """
     order, visited = [], set()
     stack = [(root, False)]
     while stack:
-        tensor, children_done = stack.pop()
+        vertex, children_done = stack.pop()
         if children_done:
-            order.append(tensor)
+            order.append(vertex)
             continue
-        if id(tensor) in visited:
+        if id(vertex) in visited:
             continue
-        visited.add(id(tensor))
-        stack.append((tensor, True))
-        if tensor._node is not None:
-            for parent in tensor._node.inputs:
-                if parent is not None and parent.requires_grad and id(parent) not in visited:
+        visited.add(id(vertex))
+        stack.append((vertex, True))
+        if isinstance(vertex, Node):
+            for parent in vertex.inputs:
+                if parent is not None and id(parent) not in visited:
                     stack.append((parent, False))
     return order[::-1]
 
@@ -218,7 +223,11 @@ class Context:
 
 
 class Node:
-    """A recorded application of a `Function`: what `backward` needs to call it."""
+    """A recorded application of a `Function`: what `backward` needs to call it.
+
+    inputs[i] is where the gradient of forward's i-th input goes: the `Node` that computed
+    it, the leaf `Tensor` itself, or None when it needs no gradient.
+    """
 
     __slots__ = ("function", "ctx", "inputs")
 
@@ -251,8 +260,15 @@ class Function:
         out = cls.forward(ctx, *(None if t is None else t.data for t in tensors), **params)
         result = Tensor(out, requires_grad=record)
         if record:
-            result._node = Node(cls, ctx, tensors)
+            result._node = Node(cls, ctx, tuple(_gradient_target(t) for t in tensors))
         return result
+
+
+def _gradient_target(tensor: Tensor | None):
+    """Where a gradient for `tensor` goes: its node, the tensor if it is a leaf, or None."""
+    if tensor is None or not tensor.requires_grad:
+        return None
+    return tensor if tensor._node is None else tensor._node
 
 
 def _functional():

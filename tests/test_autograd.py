@@ -1,9 +1,13 @@
 """Regression tests for the classic autograd bugs, on the elementwise ops only."""
+import weakref
+
 import numpy as np
 import pytest
 
 from minissc import Tensor, no_grad
+from minissc import functional as F
 from minissc.gradcheck import gradcheck
+from minissc.kernels import ssc as ssc_kernels
 
 
 def leaf(values, dtype=np.float64):
@@ -48,6 +52,21 @@ def test_no_grad_records_nothing():
         b.sum().backward()
     c = a * 2.0  # recording is back on after the block
     assert c.requires_grad
+
+
+def test_the_graph_does_not_keep_an_intermediate_array_no_backward_saved():
+    """Shift saves nothing, so once the caller drops the shifted tensor its array is freed,
+    and backward still reaches the leaf."""
+    x = Tensor(np.arange(2 * 9 * 4 * 4, dtype=np.float32).reshape(2, 9, 4, 4), requires_grad=True)
+    middle = F.shift(x, 3, 9)
+    middle_array = weakref.ref(middle.data)
+    out = F.shift(middle, 3, 9)
+    del middle
+    assert middle_array() is None
+    upstream = np.random.default_rng(0).standard_normal(out.shape).astype(np.float32)
+    out.backward(upstream)
+    inverse_shift = ssc_kernels.shift_backward_reference
+    np.testing.assert_array_equal(x.grad, inverse_shift(inverse_shift(upstream, 3, 9), 3, 9))
 
 
 def test_second_backward_through_a_freed_graph_raises():
