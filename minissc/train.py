@@ -6,7 +6,8 @@ A run lives in one folder:
   checkpoint.npz  model, optimiser and progress after the last complete epoch, or after the
                   step at which Ctrl-C stopped the run
   best.npz        the model weights of the epoch with the best test accuracy
-  summary.json    best and last test accuracy, parameters, MACs, wall time, images/s
+  summary.json    best and last test accuracy, parameters, MACs, wall time, images/s (and,
+                  with train_eval_images, the train accuracy in eval mode after training)
 
 Reproducibility: weights come from ``manual_seed(seed)``; the shuffling and augmentation of
 epoch e come from a generator seeded with (seed, e). So an epoch's batches do not depend on
