@@ -1,8 +1,8 @@
 """A results page from run folders: `minissc report SPEC.json` writes tables and figures.
 
 The spec (JSON) names the runs and how to group them; everything on the page that is a number
-comes from the runs' own files (``summary.json``, ``metrics.json``, ``config.json``), so the
-page can be rebuilt at any time and never holds a retyped result:
+comes from the runs' own files (``summary.json``, which also holds the configuration, and
+``metrics.json``), so the page can be rebuilt at any time and never holds a retyped result:
 
     {"title": "...",
      "preamble": "intro.md",                     (optional markdown files, relative to the spec,
