@@ -210,6 +210,48 @@ def test_relu_keeps_nan():
 # Dense convolution
 # ----------------------------------------------------------------------------------------------
 
+def im2col_problem(config, seed, dtype):
+    """x and the columns' shape (N, C, kh, kw, Ho, Wo) of a convolution layout."""
+    x = arrays(seed, (config["n"], config["c"], config["h"], config["w"]), dtype)
+    out_h = (config["h"] + 2 * config["padding"] - config["kh"]) // config["stride"] + 1
+    out_w = (config["w"] + 2 * config["padding"] - config["kw"]) // config["stride"] + 1
+    return x, (config["n"], config["c"], config["kh"], config["kw"], out_h, out_w)
+
+
+def check_im2col_twins(config, seed, dtype):
+    """`_im2col` and `_col2im` equal their NumPy twins to the bit: the same values copied, and
+    the same sums added in the same (i, j) order."""
+    x, columns_shape = im2col_problem(config, seed, dtype)
+    args = config["kh"], config["kw"], config["stride"], config["padding"], *columns_shape[4:]
+    np.testing.assert_array_equal(dense._im2col(x, *args), dense.im2col_reference(x, *args))
+    grad_columns = arrays(seed + 1, columns_shape, dtype)
+    expected = dense.col2im_reference(grad_columns, x.shape, config["stride"], config["padding"])
+    grad_x = np.full_like(x, np.nan)  # every entry must be written
+    dense._col2im(grad_columns.copy(), config["stride"], config["padding"], grad_x)
+    np.testing.assert_array_equal(grad_x, expected)
+
+
+@settings(max_examples=100)
+@given(conv_configs(max_side=9), seeds, dtypes)
+def test_im2col_and_col2im_match_their_twins(config, seed, dtype):
+    check_im2col_twins(config, seed, dtype)
+
+
+@pytest.mark.parametrize("h, w, kh, kw, stride, padding", [
+    (32, 32, 3, 3, 1, 1),  # resnet20's layers: the flat path, rows of 32
+    (8, 8, 3, 3, 1, 1),
+    (7, 9, 5, 5, 1, 2),    # flat path, odd sizes, offsets up to 2
+    (1, 1, 3, 3, 1, 1),    # a single pixel: only the centre tap reads the image
+    (2, 1, 5, 5, 1, 2),    # offsets larger than the image
+    (6, 5, 3, 1, 1, 1),    # the output is taller: the row path
+    (9, 8, 3, 3, 2, 1),    # stride 2
+    (5, 5, 1, 1, 2, 0),    # 1x1 stride 2 (a view forward, the row path backward)
+])
+def test_im2col_and_col2im_match_their_twins_on_edge_layouts(h, w, kh, kw, stride, padding):
+    config = dict(n=2, c=3, h=h, w=w, kh=kh, kw=kw, stride=stride, padding=padding)
+    check_im2col_twins(config, 7, np.float32)
+
+
 def brute_force_conv2d(x, weight, stride, padding, groups):
     """y[n, o, Y, X] = sum_{c, i, j} weight[o, c, i, j] * xpad[n, g*C/groups + c, Y*s + i, X*s + j]
     with g = o // (O/groups), one output value at a time."""

@@ -111,7 +111,7 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   so there is no race and no lock.
 # * With stride 1 a shift by (dy, dx) is a constant offset dy * W + dx in a plane stored
 #   flat (k = row * W + col). So the inner loop walks the whole plane at once: one long loop
-#   that LLVM vectorises, where rows of 8 or 16 values would be too short to. `_flat_run`
+#   that LLVM vectorises, where rows of 8 or 16 values would be too short to. `flat_run`
 #   computes, once per (o, i), the run of output positions whose row reads inside the image;
 #   the values that wrap across a row edge (col + dx outside the row) are dropped by a
 #   select, which adds exactly 0. (With stride 2 the input index is not a constant offset
@@ -211,7 +211,8 @@ for (pass_name, method), function in methods.items():
 fresh_kernel = numba.njit(parallel=True)(ssc._shift_kernel.py_func)
 dy, dx = ssc.shift_offsets(18, k, group_size)
 start = time.perf_counter()
-fresh_kernel(tiny_x, dy, dx, np.zeros_like(tiny_x))
+flat_x = tiny_x.reshape(1, 18, 64)  # the kernel takes flat planes
+fresh_kernel(flat_x, dy, dx, 8, np.zeros_like(flat_x))
 print(f"JIT compile of the shift kernel: {time.perf_counter() - start:.2f} s "
       f"(paid once per process when there is no cache)")
 

@@ -3,9 +3,70 @@
 Each fast kernel (Numba) has a plain NumPy twin named ``<name>_reference`` that reads like
 the maths in its docstring; the tests hold the two equal. ``minissc.functional`` is the only
 module that calls these from the autograd graph.
+
+The helpers below are shared by `ssc` and `dense`. Numba inlines them into the kernels that
+call them, and its on-disk cache checks only the caller's own file: after editing a helper
+here, delete the cache (`find minissc -name '*.nb[ci]' -delete`) or the old helper is kept.
 """
+from numba import njit
 
 
 def planes(array):
     """View an (N, C, H, W) array as (N, C, H * W): one flat row per (n, c) plane."""
     return array.reshape(array.shape[0], array.shape[1], array.shape[2] * array.shape[3])
+
+
+@njit(cache=True)
+def valid_range(offset, stride, in_size, out_size):
+    """The output positions P < out_size whose input P * stride + offset lies in [0, in_size).
+
+    Returns (first output position, its input position, count). Both positions are >= 0, and
+    `max(0, .)` tells the compiler so: indices `first + step` then need no negative-index
+    wrap-around, which lets LLVM vectorise the row loops.
+    """
+    first_out = max(0, (stride - 1 - offset) // stride)  # ceil(-offset / stride), at least 0
+    stop_out = min(out_size, (in_size - 1 - offset) // stride + 1)
+    first_in = max(0, first_out * stride + offset)
+    return first_out, first_in, max(0, stop_out - first_out)
+
+
+@njit(cache=True)
+def flat_run(row_offset, col_offset, height, width):
+    """For stride 1 on flat planes (k = row * width + col): the output positions k whose row
+    reads inside the image and whose input k + row_offset * width + col_offset lies inside the
+    plane, as (first k, first input, count). With an offset larger than the plane the run is
+    empty (count 0) and first k may lie past the plane's end.
+
+    Both starts are >= 0 and `max(0, .)` tells the compiler so (see `valid_range`). Positions
+    in the run whose column wraps (col + col_offset outside [0, width)) must still be dropped
+    by the caller (`zero_wrapped_columns`, or a select).
+    """
+    offset = row_offset * width + col_offset
+    first_out = max(max(0, -row_offset) * width, -offset)
+    stop_out = min(min(height, height - row_offset) * width, height * width - offset)
+    return max(0, first_out), max(0, first_out + offset), max(0, stop_out - first_out)
+
+
+@njit(cache=True)
+def zero_wrapped_columns(plane, col_offset, width):
+    """Zero the entries k of a flat plane whose column col(k) + col_offset lies outside
+    [0, width): the values a flat shift by col_offset carried across a row edge."""
+    count = min(abs(col_offset), width)
+    first = width - count if col_offset > 0 else 0
+    for row_start in range(first, plane.size, width):
+        for step in range(count):
+            plane[row_start + step] = 0
+
+
+@njit(cache=True)
+def copy_shifted_plane(plane, row_offset, col_offset, width, out):
+    """out[row, col] = plane[row + row_offset, col + col_offset], 0 outside the image, for
+    flat planes of one size: one long copy of the run, then the wrapped columns zeroed."""
+    first_out, first_in, count = flat_run(row_offset, col_offset, plane.size // width, width)
+    for k in range(min(first_out, out.size)):  # first_out passes the end if the run is empty
+        out[k] = 0
+    for step in range(count):
+        out[first_out + step] = plane[first_in + step]
+    for k in range(first_out + count, out.size):
+        out[k] = 0
+    zero_wrapped_columns(out, col_offset, width)

@@ -16,10 +16,12 @@ so the convolution of group g is one matrix product per image, y[n, g] = W[g] @ 
 of W[g], the group's weights reshaped to (O/groups, K), and cols[n, g] of shape (K, L), where
 K = C/groups * kh * kw and L = Ho * Wo. NumPy's matmul runs these products in BLAS. A 1x1
 convolution without padding needs no gather: its columns are x itself, or the strided slice
-x[:, :, ::s, ::s].
+x[:, :, ::s, ::s]. The gather (`_im2col_kernel`) and its adjoint (`_col2im_kernel`) are Numba
+loops that write each entry once, with no padded copy of x; their NumPy twins
+`im2col_reference` and `col2im_reference` pad and slice.
 
 Both passes run over chunks of IMAGES_PER_CHUNK images, on as many Python threads as Numba
-has (NumPy's copies and BLAS release the GIL, and BLAS itself runs one thread per call, see
+has (the Numba kernels are `nogil`, and NumPy's copies and BLAS release the GIL, and BLAS itself runs one thread per call, see
 `minissc.runtime`). Chunks keep the im2col columns small (a chunk's columns, not the whole
 batch's, exist at once) and give each thread its share of the batch. The weight gradient is
 the sum of per-chunk partials added in chunk order, so it does not depend on the number of
@@ -33,6 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from numba import njit
+
+from minissc.kernels import copy_shifted_plane, flat_run, planes, valid_range, zero_wrapped_columns
 
 IMAGES_PER_CHUNK = 16
 _pools = {}
@@ -77,9 +82,8 @@ def conv2d_backward(x, weight, grad_y, stride, padding, groups):
         images_in_chunk = columns.shape[0]
         grad_y_groups = grad_y[images].reshape(images_in_chunk, groups, -1, out_h * out_w)
         grad_columns = weight_groups_transposed @ grad_y_groups
-        grad_x[images] = _col2im(grad_columns.reshape(images_in_chunk, channels, kh, kw,
-                                                      out_h, out_w), x[images].shape, stride,
-                                 padding)
+        _col2im(grad_columns.reshape(images_in_chunk, channels, kh, kw, out_h, out_w), stride,
+                padding, grad_x[images])
         return (grad_y_groups @ columns.transpose(0, 1, 3, 2)).sum(axis=0)
 
     grad_weight = np.zeros((groups, weight.shape[0] // groups, weight[0].size), x.dtype)
@@ -113,11 +117,104 @@ def _output_size(x_shape, kh, kw, stride, padding):
 
 
 def _im2col(x, kh, kw, stride, padding, out_h, out_w):
-    """cols (N, C, kh, kw, Ho, Wo) with cols[n, c, i, j, Y, X] = xpad[n, c, Y*s + i, X*s + j].
-
-    One strided slice copy per kernel position; for a 1x1 kernel without padding a view."""
+    """cols (N, C, kh, kw, Ho, Wo) with cols[n, c, i, j, Y, X] = xpad[n, c, Y*s + i, X*s + j];
+    for a 1x1 kernel without padding a view of x."""
     if kh == kw == 1 and padding == 0:
         return x[:, :, None, None, ::stride, ::stride]
+    batch, channels, height, width = x.shape
+    columns = np.empty((batch, channels, kh, kw, out_h, out_w), x.dtype)
+    _im2col_kernel(planes(x), width, stride, padding, out_w,
+                   columns.reshape(batch, channels, kh, kw, out_h * out_w))
+    return columns
+
+
+def _col2im(grad_columns, stride, padding, grad_x):
+    """Adjoint of `_im2col`: grad_x (N, C, H, W) = every column entry added back onto the input
+    pixel it came from. Overwrites grad_columns (see `_col2im_kernel`)."""
+    batch, channels, kh, kw, out_h, out_w = grad_columns.shape
+    if kh == kw == 1 and padding == 0 and stride == 1:
+        grad_x[...] = grad_columns.reshape(grad_x.shape)
+    else:
+        _col2im_kernel(grad_columns.reshape(batch, channels, kh, kw, out_h * out_w),
+                       grad_x.shape[3], stride, padding, out_w, planes(grad_x))
+
+
+@njit(cache=True, nogil=True)
+def _im2col_kernel(x, width, stride, padding, out_w, columns):
+    """columns[n, c, i, j, Y, X] = x[n, c, Y*s + i - p, X*s + j - p], 0 where that is outside x;
+    planes flat: x (N, C, H * W), columns (N, C, kh, kw, Ho * Wo).
+
+    Every column entry is written once, with no padded copy of x. When the output has x's
+    size (stride 1, padding (k - 1) / 2) each column plane (i, j) is x's plane shifted by
+    (i - p, j - p), one flat copy (`copy_shifted_plane`); otherwise the loops go row by row.
+    `nogil`: the chunk threads of `_run_in_chunks` run it side by side.
+    """
+    batch, channels, plane_size = x.shape
+    kh, kw, out_size = columns.shape[2:]
+    height, out_h = plane_size // width, out_size // out_w
+    same_size = stride == 1 and out_size == plane_size and out_w == width
+    for n in range(batch):
+        for c in range(channels):
+            x_plane = x[n, c]
+            for i in range(kh):
+                first_row, first_in_row, rows = valid_range(i - padding, stride, height, out_h)
+                for j in range(kw):
+                    column = columns[n, c, i, j]
+                    if same_size:
+                        copy_shifted_plane(x_plane, i - padding, j - padding, width, column)
+                        continue
+                    first_col, first_in_col, cols = valid_range(j - padding, stride, width,
+                                                                out_w)
+                    column[:] = 0
+                    for row_step in range(rows):
+                        out_start = max(0, (first_row + row_step) * out_w + first_col)
+                        in_start = max(0, (first_in_row + row_step * stride) * width
+                                       + first_in_col)
+                        for step in range(cols):
+                            column[out_start + step] = x_plane[in_start + step * stride]
+
+
+@njit(cache=True, nogil=True)
+def _col2im_kernel(grad_columns, width, stride, padding, out_w, grad_x):
+    """grad_x[n, c, y, x] = sum of grad_columns[n, c, i, j, Y, X] over Y*s + i - p = y and
+    X*s + j - p = x; planes flat as in `_im2col_kernel`. Each plane of grad_x is zeroed (in
+    cache) and the columns are added onto it.
+
+    When grad_x has the columns' plane size (stride 1, padding (k - 1) / 2) each column plane
+    is added as one flat run, after its entries that belong to the zero padding (the ones a
+    flat shift would carry across a row edge) are zeroed in place: grad_columns is scratch.
+    """
+    batch, channels, plane_size = grad_x.shape
+    kh, kw, out_size = grad_columns.shape[2:]
+    height, out_h = plane_size // width, out_size // out_w
+    same_size = stride == 1 and out_size == plane_size and out_w == width
+    for n in range(batch):
+        for c in range(channels):
+            grad_plane = grad_x[n, c]
+            grad_plane[:] = 0
+            for i in range(kh):
+                first_row, first_in_row, rows = valid_range(i - padding, stride, height, out_h)
+                for j in range(kw):
+                    column = grad_columns[n, c, i, j]
+                    if same_size:
+                        zero_wrapped_columns(column, j - padding, width)
+                        first_out, first_in, count = flat_run(i - padding, j - padding, height,
+                                                              width)
+                        for step in range(count):
+                            grad_plane[first_in + step] += column[first_out + step]
+                        continue
+                    first_col, first_in_col, cols = valid_range(j - padding, stride, width,
+                                                                out_w)
+                    for row_step in range(rows):
+                        out_start = max(0, (first_row + row_step) * out_w + first_col)
+                        in_start = max(0, (first_in_row + row_step * stride) * width
+                                       + first_in_col)
+                        for step in range(cols):
+                            grad_plane[in_start + step * stride] += column[out_start + step]
+
+
+def im2col_reference(x, kh, kw, stride, padding, out_h, out_w):
+    """NumPy twin of `_im2col_kernel`: pad x, then one strided slice copy per kernel position."""
     padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     columns = np.empty(x.shape[:2] + (kh, kw, out_h, out_w), x.dtype)
     for i in range(kh):
@@ -127,12 +224,11 @@ def _im2col(x, kh, kw, stride, padding, out_h, out_w):
     return columns
 
 
-def _col2im(grad_columns, x_shape, stride, padding):
-    """Adjoint of `_im2col`: add every column entry back onto the input pixel it came from."""
+def col2im_reference(grad_columns, x_shape, stride, padding):
+    """NumPy twin of `_col2im_kernel`: add each kernel position's columns onto a zero padded
+    gradient through the same strided slices, then drop the padding."""
     batch, channels, kh, kw, out_h, out_w = grad_columns.shape
     height, width = x_shape[2:]
-    if kh == kw == 1 and padding == 0 and stride == 1:
-        return grad_columns.reshape(x_shape)
     grad_padded = np.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
                            grad_columns.dtype)
     for i in range(kh):

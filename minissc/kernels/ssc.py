@@ -22,7 +22,7 @@ Each compute function has a plain NumPy twin `<name>_reference` that reads like 
 import numpy as np
 from numba import njit, prange
 
-from minissc.kernels import planes
+from minissc.kernels import copy_shifted_plane, flat_run, planes, valid_range
 
 
 def shift_offsets(channels, kernel_size, group_size):
@@ -40,47 +40,26 @@ def output_size(size, stride):
     return (size - 1) // stride + 1
 
 
-@njit(cache=True)
-def _valid_range(offset, stride, in_size, out_size):
-    """The output positions P whose input P * stride + offset lies inside [0, in_size).
-
-    Returns (first output position, its input position, count). Both positions are >= 0, and
-    `max(0, .)` tells the compiler so: indices `first + step` then need no negative-index
-    wrap-around, which lets LLVM vectorise the row loops.
-    """
-    first_out = max(0, (stride - 1 - offset) // stride)  # ceil(-offset / stride), at least 0
-    stop_out = min(out_size, (in_size - 1 - offset) // stride + 1)
-    first_in = max(0, first_out * stride + offset)
-    return first_out, first_in, max(0, stop_out - first_out)
-
-
 # ----------------------------------------------------------------------------------------------
 # Shift
 # ----------------------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _shift_kernel(x, row_offsets, col_offsets, out):
-    """out[n, c, y, x] = x[n, c, y + row_offsets[c], x + col_offsets[c]] inside the image, else 0."""
-    batch, channels, height, width = x.shape
+def _shift_kernel(x, row_offsets, col_offsets, width, out):
+    """out[n, c, y, x] = x[n, c, y + row_offsets[c], x + col_offsets[c]] inside the image, else 0;
+    planes flat (N, C, H * W), each one flat copy (`copy_shifted_plane`)."""
+    batch, channels = x.shape[:2]
     for plane in prange(batch * channels):
         n = plane // channels
         c = plane % channels
-        x_plane = x[n, c]
-        out_plane = out[n, c]
-        out_plane[:, :] = 0  # zeroed here, in cache and in parallel, not by np.zeros
-        first_row, first_in_row, rows = _valid_range(row_offsets[c], 1, height, height)
-        first_col, first_in_col, cols = _valid_range(col_offsets[c], 1, width, width)
-        for row_step in range(rows):
-            for step in range(cols):
-                out_plane[first_row + row_step, first_col + step] = \
-                    x_plane[first_in_row + row_step, first_in_col + step]
+        copy_shifted_plane(x[n, c], row_offsets[c], col_offsets[c], width, out[n, c])
 
 
 def shift_forward(x, kernel_size, group_size):
     """Shift every channel j of x by its offset: out[n, j, y, x] = x[n, j, y + dy_j, x + dx_j]."""
     dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
     out = np.empty_like(x)
-    _shift_kernel(x, dy, dx, out)
+    _shift_kernel(planes(x), dy, dx, x.shape[3], planes(out))
     return out
 
 
@@ -94,7 +73,7 @@ def shift_backward(grad_out, kernel_size, group_size):
     """
     dy, dx = shift_offsets(grad_out.shape[1], kernel_size, group_size)
     grad_x = np.empty_like(grad_out)
-    _shift_kernel(grad_out, -dy, -dx, grad_x)
+    _shift_kernel(planes(grad_out), -dy, -dx, grad_out.shape[3], planes(grad_x))
     return grad_x
 
 
@@ -107,20 +86,6 @@ def shift_backward(grad_out, kernel_size, group_size):
 # plane at once (long loops LLVM vectorises; rows of 8 or 16 values are too short), and a
 # select drops the values that wrapped across a row edge. With stride s > 1 the input index is
 # not a constant offset of the output index, and the loops go row by row.
-
-
-@njit(cache=True)
-def _flat_run(row_offset, col_offset, height, width):
-    """For stride 1 on flat planes: the output positions k whose row reads inside the image and
-    whose input k + dy * W + dx lies inside the plane, as (first k, first input, count).
-
-    Both starts are >= 0 and `max(0, .)` tells the compiler so (see `_valid_range`). Positions
-    in the run whose column wraps (col + dx outside [0, W)) must still be masked by the caller.
-    """
-    offset = row_offset * width + col_offset
-    first_out = max(max(0, -row_offset) * width, -offset)
-    stop_out = min(min(height, height - row_offset) * width, height * width - offset)
-    return max(0, first_out), max(0, first_out + offset), max(0, stop_out - first_out)
 
 
 def _columns(width, height):
@@ -151,7 +116,7 @@ def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, wi
             x_plane = x[n, input_channels[first_channel + i]]
             w = weight[o, i]
             col_offset = col_offsets[i]
-            first_out, first_in, count = _flat_run(row_offsets[i], col_offset, height, width)
+            first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
             if col_offset == 0:
                 for step in range(count):
                     y_plane[first_out + step] += w * x_plane[first_in + step]
@@ -179,9 +144,9 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
         for i in range(group_size):
             x_plane = x[n, input_channels[first_channel + i]]
             w = weight[o, i]
-            first_row, first_in_row, rows = _valid_range(row_offsets[i], stride,
+            first_row, first_in_row, rows = valid_range(row_offsets[i], stride,
                                                          height, out_height)
-            first_col, first_in_col, cols = _valid_range(col_offsets[i], stride,
+            first_col, first_in_col, cols = valid_range(col_offsets[i], stride,
                                                          width, out_width)
             for row_step in range(rows):
                 row = first_row + row_step
@@ -219,7 +184,7 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
                 grad_x_plane = grad_x[n, channel]
                 w = weight[o, i]
                 col_offset = col_offsets[i]
-                first_out, first_in, count = _flat_run(row_offsets[i], col_offset, height, width)
+                first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
                 weight_sum = np.float64(0)
                 for step in range(count):
                     upstream = grad_y_plane[first_out + step]
@@ -250,9 +215,9 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
                 x_plane = x[n, channel]
                 grad_x_plane = grad_x[n, channel]
                 w = weight[o, i]
-                first_row, first_in_row, rows = _valid_range(row_offsets[i], stride,
+                first_row, first_in_row, rows = valid_range(row_offsets[i], stride,
                                                              height, out_height)
-                first_col, first_in_col, cols = _valid_range(col_offsets[i], stride,
+                first_col, first_in_col, cols = valid_range(col_offsets[i], stride,
                                                              width, out_width)
                 weight_sum = np.float64(0)
                 for row_step in range(rows):
