@@ -2,6 +2,8 @@
 (`minissc.reference`): every Numba kernel against its NumPy twin, the fused SSC against the
 dense sparse-kernel convolution, and the oracle itself against brute force and finite
 differences."""
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -23,6 +25,21 @@ def assert_close(actual, expected, tolerance):
     error = np.max(np.abs(actual - expected), initial=0.0)
     scale = max(1.0, np.max(np.abs(expected), initial=0.0))
     assert error / scale <= tolerance, f"relative error {error / scale:.3g} > {tolerance:.3g}"
+
+
+STRIDE_1_KERNELS = ["flat", "group"]
+
+
+@contextlib.contextmanager
+def stride_1_kernel(name):
+    """Run stride-1 layers on the flat kernels (a masked shifted read per output) or on the
+    group kernels (one shifted copy per group), whatever the layer's outputs per group."""
+    saved = ssc.GROUP_KERNEL_MIN_OUTPUTS
+    ssc.GROUP_KERNEL_MIN_OUTPUTS = 1 if name == "group" else np.iinfo(np.int64).max
+    try:
+        yield
+    finally:
+        ssc.GROUP_KERNEL_MIN_OUTPUTS = saved
 
 
 def ssc_problem(config, seed, dtype):
@@ -63,35 +80,40 @@ def test_shift_matches_reference(config, seed, dtype):
                                   ssc.shift_backward_reference(x, k, group_size))
 
 
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
-def test_group_pointwise_matches_reference(config, seed, dtype):
-    x, weight, grad_y = ssc_problem(config, seed, dtype)
-    stride, tolerance = config["stride"], TWIN_TOLERANCE[dtype]
-    y = ssc.group_pointwise_forward(x, weight, stride)
-    assert y.dtype == dtype
-    assert_close(y, ssc.group_pointwise_forward_reference(x, weight, stride), tolerance)
-    grad_x, grad_weight = ssc.group_pointwise_backward(x, weight, grad_y, stride)
-    expected_grad_x, expected_grad_weight = ssc.group_pointwise_backward_reference(
-        x, weight, grad_y, stride)
-    assert grad_x.dtype == grad_weight.dtype == dtype
-    assert_close(grad_x, expected_grad_x, tolerance)
-    assert_close(grad_weight, expected_grad_weight, tolerance)
+def test_group_pointwise_matches_reference(kernel, config, seed, dtype):
+    with stride_1_kernel(kernel):
+        x, weight, grad_y = ssc_problem(config, seed, dtype)
+        stride, tolerance = config["stride"], TWIN_TOLERANCE[dtype]
+        y = ssc.group_pointwise_forward(x, weight, stride)
+        assert y.dtype == dtype
+        assert_close(y, ssc.group_pointwise_forward_reference(x, weight, stride), tolerance)
+        grad_x, grad_weight = ssc.group_pointwise_backward(x, weight, grad_y, stride)
+        expected_grad_x, expected_grad_weight = ssc.group_pointwise_backward_reference(
+            x, weight, grad_y, stride)
+        assert grad_x.dtype == grad_weight.dtype == dtype
+        assert_close(grad_x, expected_grad_x, tolerance)
+        assert_close(grad_weight, expected_grad_weight, tolerance)
 
 
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
-def test_ssc_matches_reference(config, seed, dtype):
-    x, weight, grad_y = ssc_problem(config, seed, dtype)
-    k, stride, tolerance = config["k"], config["stride"], TWIN_TOLERANCE[dtype]
-    y = ssc.ssc_forward(x, weight, k, stride)
-    assert y.dtype == dtype
-    assert_close(y, ssc.ssc_forward_reference(x, weight, k, stride), tolerance)
-    grad_x, grad_weight = ssc.ssc_backward(x, weight, grad_y, k, stride)
-    expected_grad_x, expected_grad_weight = ssc.ssc_backward_reference(x, weight, grad_y, k, stride)
-    assert grad_x.dtype == grad_weight.dtype == dtype
-    assert_close(grad_x, expected_grad_x, tolerance)
-    assert_close(grad_weight, expected_grad_weight, tolerance)
+def test_ssc_matches_reference(kernel, config, seed, dtype):
+    with stride_1_kernel(kernel):
+        x, weight, grad_y = ssc_problem(config, seed, dtype)
+        k, stride, tolerance = config["k"], config["stride"], TWIN_TOLERANCE[dtype]
+        y = ssc.ssc_forward(x, weight, k, stride)
+        assert y.dtype == dtype
+        assert_close(y, ssc.ssc_forward_reference(x, weight, k, stride), tolerance)
+        grad_x, grad_weight = ssc.ssc_backward(x, weight, grad_y, k, stride)
+        expected_grad_x, expected_grad_weight = ssc.ssc_backward_reference(x, weight, grad_y, k,
+                                                                           stride)
+        assert grad_x.dtype == grad_weight.dtype == dtype
+        assert_close(grad_x, expected_grad_x, tolerance)
+        assert_close(grad_weight, expected_grad_weight, tolerance)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,11 +132,13 @@ def check_against_dense_oracle(x, weight, grad_y, kernel_size, stride):
     assert_close(grad_weight, expected_grad_weight, tolerance)
 
 
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
-def test_ssc_matches_dense_oracle(config, seed, dtype):
-    x, weight, grad_y = ssc_problem(config, seed, dtype)
-    check_against_dense_oracle(x, weight, grad_y, config["k"], config["stride"])
+def test_ssc_matches_dense_oracle(kernel, config, seed, dtype):
+    with stride_1_kernel(kernel):
+        x, weight, grad_y = ssc_problem(config, seed, dtype)
+        check_against_dense_oracle(x, weight, grad_y, config["k"], config["stride"])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -126,10 +150,30 @@ def test_ssc_matches_dense_oracle(config, seed, dtype):
     (1, 50, 4, 6, 9, 5, 25, 2),    # k = 5, two groups of 25
     (2, 3, 6, 4, 5, 1, 1, 2),      # k = 1: a strided grouped 1x1 convolution
 ])
-def test_edge_shapes_match_dense_oracle(n, c, o, h, w, k, g, stride, dtype):
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+def test_edge_shapes_match_dense_oracle(n, c, o, h, w, k, g, stride, dtype, kernel):
     config = dict(n=n, c=c, o=o, h=h, w=w, k=k, g=g, stride=stride)
     x, weight, grad_y = ssc_problem(config, seed=7, dtype=dtype)
-    check_against_dense_oracle(x, weight, grad_y, k, stride)
+    with stride_1_kernel(kernel):
+        check_against_dense_oracle(x, weight, grad_y, k, stride)
+
+
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("shuffle_groups", [2, 3, 6])
+def test_shuffle_folded_into_the_kernels_equals_a_shuffled_copy(shuffle_groups, kernel):
+    """The kernels read channel_shuffle(x) through an index map; the results and grad_W must
+    be those of the shuffled copy, and grad_x the copy's gradient shuffled back."""
+    x, weight, grad_y = arrays(1, (2, 18, 6, 5)), arrays(2, (12, 9)), arrays(3, (2, 12, 6, 5))
+    shuffled = ssc.channel_shuffle(x, shuffle_groups)
+    unshuffle = x.shape[1] // shuffle_groups  # shuffling by C / g undoes a shuffle by g
+    with stride_1_kernel(kernel):
+        np.testing.assert_allclose(ssc.ssc_forward(x, weight, 3, 1, shuffle_groups),
+                                   ssc.ssc_forward(shuffled, weight, 3, 1), rtol=1e-12)
+        grad_x, grad_weight = ssc.ssc_backward(x, weight, grad_y, 3, 1, shuffle_groups)
+        grad_shuffled, expected_grad_weight = ssc.ssc_backward(shuffled, weight, grad_y, 3, 1)
+    np.testing.assert_allclose(grad_x, ssc.channel_shuffle(grad_shuffled, unshuffle),
+                               rtol=1e-12)
+    np.testing.assert_allclose(grad_weight, expected_grad_weight, rtol=1e-12)
 
 
 @settings(max_examples=100)
@@ -200,14 +244,17 @@ def test_shift_offsets_follow_row_major_positions():
     assert [ssc.output_size(size, 2) for size in (1, 2, 7, 8)] == [1, 1, 4, 4]
 
 
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_backward_is_deterministic_across_thread_counts(dtype):
+def test_backward_is_deterministic_across_thread_counts(dtype, kernel):
     x = arrays(4, (16, 18, 12, 12), dtype)
     weight = arrays(5, (12, 9), dtype)
     grad_y = arrays(6, (16, 12, 12, 12), dtype)
-    first = ssc.ssc_backward(x, weight, grad_y, 3, 1)
-    single_thread = on_one_thread(ssc.ssc_backward, x, weight, grad_y, 3, 1)
-    for a, b, c in zip(first, ssc.ssc_backward(x, weight, grad_y, 3, 1), single_thread):
+    with stride_1_kernel(kernel):
+        first = ssc.ssc_backward(x, weight, grad_y, 3, 1)
+        second = ssc.ssc_backward(x, weight, grad_y, 3, 1)
+        single_thread = on_one_thread(ssc.ssc_backward, x, weight, grad_y, 3, 1)
+    for a, b, c in zip(first, second, single_thread):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
 

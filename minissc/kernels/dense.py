@@ -20,12 +20,12 @@ x[:, :, ::s, ::s]. The gather (`_im2col_kernel`) and its adjoint (`_col2im_kerne
 loops that write each entry once, with no padded copy of x; their NumPy twins
 `im2col_reference` and `col2im_reference` pad and slice.
 
-Both passes run over chunks of IMAGES_PER_CHUNK images, on as many Python threads as Numba
-has (the Numba kernels are `nogil`, and NumPy's copies and BLAS release the GIL, and BLAS itself runs one thread per call, see
-`minissc.runtime`). Chunks keep the im2col columns small (a chunk's columns, not the whole
-batch's, exist at once) and give each thread its share of the batch. The weight gradient is
-the sum of per-chunk partials added in chunk order, so it does not depend on the number of
-threads.
+Both passes run over chunks of IMAGES_PER_CHUNK images, on as many Python threads as Numba has
+(the Numba kernels are `nogil`, NumPy's copies and BLAS release the GIL, and BLAS itself runs
+one thread per call, see `minissc.runtime`). Chunks keep the im2col columns small (a chunk's
+columns, not the whole batch's, exist at once) and give each thread its share of the batch. The
+weight gradient is the sum of per-chunk partials added in chunk order, so it does not depend on
+the number of threads.
 
 Inputs are C-contiguous float32 or float64 arrays of one dtype, already checked by
 `minissc.functional`; outputs have the input's dtype. Linear layers need no kernel here:
