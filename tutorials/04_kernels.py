@@ -121,6 +121,12 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 # * Input channels are read through an index map (`input_channels`): the identity for a plain
 #   SSC layer, a permutation when the SSC module's channel shuffle is folded into the second
 #   SSC layer's reads (tutorial 5), so the shuffled copy is never stored either.
+# * When a group has several outputs (SSC1 of an SSC module has 9 per group), all of them
+#   read the same G shifted input planes. `_group_forward_kernel` then shifts the G planes
+#   once into a small scratch block (per sample, in cache) and each output is a plain
+#   weighted sum of the block: no offsets, no select, the same sums in the same order.
+#   `ssc_forward` picks it when a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs
+#   (`benchmarks/ssc_kernel_ab.py` compares the two).
 
 # %%
 print(inspect.getsource(ssc._flat_forward_kernel.py_func))
@@ -181,7 +187,8 @@ methods = {  # (pass, method): function
 # minissc) or a cache load, plus the first touch of freshly allocated memory.
 
 # %%
-numba_kernels = (ssc._shift_kernel, ssc._flat_forward_kernel, ssc._flat_backward_kernel)
+numba_kernels = (ssc._shift_kernel, ssc._flat_forward_kernel, ssc._flat_backward_kernel,
+                 ssc._group_forward_kernel, ssc._group_backward_kernel)
 
 
 def cache_counts():

@@ -167,6 +167,7 @@ def _im2col_kernel(x, width, stride, padding, out_w, columns):
                                                                 out_w)
                     column[:] = 0
                     for row_step in range(rows):
+                        # max(0, .): both are >= 0 anyway; see valid_range
                         out_start = max(0, (first_row + row_step) * out_w + first_col)
                         in_start = max(0, (first_in_row + row_step * stride) * width
                                        + first_in_col)
@@ -206,6 +207,7 @@ def _col2im_kernel(grad_columns, width, stride, padding, out_w, grad_x):
                     first_col, first_in_col, cols = valid_range(j - padding, stride, width,
                                                                 out_w)
                     for row_step in range(rows):
+                        # max(0, .): both are >= 0 anyway; see valid_range
                         out_start = max(0, (first_row + row_step) * out_w + first_col)
                         in_start = max(0, (first_in_row + row_step * stride) * width
                                        + first_in_col)

@@ -240,6 +240,14 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
                 grad_weight_per_sample[n, o, i] = weight_sum
 
 
+@njit(cache=True)
+def _shift_group(x_sample, channels, row_offsets, col_offsets, width, shifted):
+    """shifted[i] = plane channels[i] of x_sample (C, H * W), shifted by (dy_i, dx_i), 0 outside."""
+    for i in range(len(channels)):
+        copy_shifted_plane(x_sample[channels[i]], row_offsets[i], col_offsets[i], width,
+                           shifted[i])
+
+
 @njit(cache=True, parallel=True)
 def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, width, y):
     """Stride 1, planes flat, for groups with several outputs: the same sums as
@@ -257,9 +265,8 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, w
     for n in prange(batch):
         shifted = np.empty((group_size, plane_size), x.dtype)
         for g in range(groups):
-            for i in range(group_size):
-                copy_shifted_plane(x[n, input_channels[g * group_size + i]], row_offsets[i],
-                                   col_offsets[i], width, shifted[i])
+            _shift_group(x[n], input_channels[g * group_size:(g + 1) * group_size],
+                         row_offsets, col_offsets, width, shifted)
             for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
                 y_plane = y[n, o]
                 y_plane[:] = 0
@@ -290,9 +297,8 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
         shifted = np.empty((group_size, plane_size), x.dtype)
         grad_shifted = np.empty((group_size, plane_size), x.dtype)
         for g in range(groups):
-            for i in range(group_size):
-                copy_shifted_plane(x[n, input_channels[g * group_size + i]], row_offsets[i],
-                                   col_offsets[i], width, shifted[i])
+            _shift_group(x[n], input_channels[g * group_size:(g + 1) * group_size],
+                         row_offsets, col_offsets, width, shifted)
             grad_shifted[:] = 0
             for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
                 grad_y_plane = grad_y[n, o]
