@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue the run in --out from its checkpoint (the settings must "
                             "be the same, except --lr; without a checkpoint it starts afresh)")
     train.add_argument("--time-limit", type=float, metavar="MINUTES",
-                       help="stop after this many minutes of training")
+                       help="stop after this many minutes of training (per-epoch evaluations are "
+                            "not counted; a resumed run continues the count)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--train-eval", type=int, default=0, metavar="N",
                        help="after training, also measure accuracy in eval mode on the first N "

@@ -189,6 +189,10 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
     and `eval_gap` (train_eval_acc - last_test_acc) measure over-fitting better than the
     running accuracy of the last epoch, which saw augmented images and a moving model.
 
+    With time_limit_minutes, the run stops after the step at which its training time passes
+    the limit, ending with a partial epoch; training time counts as the summary's
+    `train_seconds` does (no evaluations, no pauses; a resumed run continues the count).
+
     Raises before writing anything if a setting, the folder, the data or the checkpoint to
     resume from is bad; `TrainingDiverged` on a NaN or infinite loss; `TrainingInterrupted`
     after saving when Ctrl-C stopped the run (see the module docstring).
@@ -239,7 +243,9 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
         save_checkpoint(checkpoint_path, arrays, meta)
         saved_at = _position(epoch, progress_in_epoch.step, steps_per_epoch)
 
-    deadline = None if time_limit_minutes is None else time.time() + 60 * time_limit_minutes
+    # The limit counts training time as train_seconds does: not the evaluations, not the pauses
+    # between an interruption and its --resume (which continues the count).
+    time_limit_seconds = None if time_limit_minutes is None else 60 * time_limit_minutes
     stopped_by = None
     # NumPy's overflow warnings would only precede the divergence checks' clearer message.
     with _StopOnFirstSigint() as sigint, np.errstate(over="ignore", invalid="ignore"):
@@ -287,7 +293,8 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
                 elapsed = time.perf_counter() - epoch_start
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                 img_s=f"{seen / elapsed:.0f}")
-                if deadline is not None and time.time() > deadline:
+                if time_limit_seconds is not None \
+                        and train_seconds + elapsed > time_limit_seconds:
                     stopped_by = "time limit"
                     break
             bar.close()

@@ -1,5 +1,6 @@
 """Training end to end on a tiny synthetic data set: it learns, it resumes exactly, and the
 command works (its bad-input table is in test_reliability.py)."""
+import json
 import math
 import os
 
@@ -78,6 +79,32 @@ def test_time_limit_stops_early_with_a_partial_epoch(data_dir, tmp_path):
     summary = train(quick_config(epochs=50), str(tmp_path / "run"), data_dir,
                     time_limit_minutes=1e-4, progress=False, download=False)
     assert summary["stopped_by"] == "time limit" and summary["epochs_completed"] == 0
+
+
+def test_time_limit_counts_the_training_time_before_a_resume(data_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    real_batches = data.batches
+
+    def interrupt_epoch_two(*args, **kwargs):
+        if interrupt_epoch_two.epochs_started == 1:
+            raise KeyboardInterrupt
+        interrupt_epoch_two.epochs_started += 1
+        yield from real_batches(*args, **kwargs)
+    interrupt_epoch_two.epochs_started = 0
+
+    monkeypatch.setattr(data, "batches", interrupt_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(quick_config(), out, data_dir, progress=False, download=False)
+    monkeypatch.setattr(data, "batches", real_batches)
+    _, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert meta["epoch"] == 1
+    # The limit is the time epoch 1 took: the resumed run has used it up after one step.
+    resumed = train(quick_config(), out, data_dir, resume=True, progress=False, download=False,
+                    time_limit_minutes=meta["train_seconds"] / 60)
+    assert resumed["stopped_by"] == "time limit" and resumed["epochs_completed"] == 1
+    with open(os.path.join(out, "metrics.json")) as f:
+        last_row = json.load(f)[-1]
+    assert last_row["partial"] and last_row["images"] == quick_config().batch_size
 
 
 # -- optimiser and schedules ---------------------------------------------------------------------
