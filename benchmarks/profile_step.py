@@ -1,0 +1,163 @@
+"""Where a training step's time goes: forward and backward milliseconds of every op of a model.
+
+The script wraps the forward and backward of every autograd `Function` of
+`minissc.functional` with a timer (here only; the library has no hooks), runs training steps of
+one model on a random batch (forward in train mode, cross-entropy, backward, SGD step) and
+prints, per op and input shape, calls per step and forward and backward milliseconds per step.
+Three more rows take the rest of the step: the forward's and the backward's time outside the
+ops (modules, graph walk, gradient sums of branching tensors) and the optimiser step. The
+first step (Numba's compile or cache load) is not counted. Run it on an idle machine:
+
+    python benchmarks/profile_step.py --model sscresnet20 --r 1 [--steps 5] [--out FILE.json]
+"""
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+import minissc  # noqa: F401  (before NumPy: single-threaded BLAS, see minissc.runtime)
+
+sys.path.insert(0, str(Path(__file__).parent))
+import run  # noqa: E402  (model building, random batch, machine information)
+
+import minissc.functional as F  # noqa: E402
+from minissc import Tensor  # noqa: E402
+from minissc.optim import SGD  # noqa: E402
+from minissc.tensor import Function  # noqa: E402
+
+
+def _describe(name, arrays, params):
+    """'SSCConv2d 128x144x32x32 (144, 9) stride=1': the op, its inputs' shapes, scalar params."""
+    shapes = [("x".join(map(str, a.shape)) if i == 0 else str(tuple(a.shape)))
+              for i, a in enumerate(arrays) if hasattr(a, "shape")]
+    scalars = [f"{k}={v}" for k, v in sorted(params.items())
+               if isinstance(v, (int, float, str, tuple)) and not isinstance(v, bool)]
+    return " ".join([name] + shapes[:2] + scalars)
+
+
+def install_timers(seconds, calls):
+    """Wrap every Function's forward and backward so that they add their time to
+    seconds[(op label, "forward" or "backward")] and count forwards in calls[op label];
+    returns a function that removes the wraps."""
+    originals = []
+
+    def timed_forward(forward, name):
+        def wrapper(ctx, *arrays, **params):
+            ctx.profile_label = _describe(name, arrays, params)
+            start = time.perf_counter()
+            out = forward(ctx, *arrays, **params)
+            seconds[ctx.profile_label, "forward"] += time.perf_counter() - start
+            calls[ctx.profile_label] += 1
+            return out
+        return wrapper
+
+    def timed_backward(backward):
+        def wrapper(ctx, grad_out):
+            start = time.perf_counter()
+            grads = backward(ctx, grad_out)
+            seconds[ctx.profile_label, "backward"] += time.perf_counter() - start
+            return grads
+        return wrapper
+
+    for cls in Function.__subclasses__():
+        originals.append((cls, cls.forward, cls.backward))
+        cls.forward = staticmethod(timed_forward(cls.forward, cls.__name__))
+        cls.backward = staticmethod(timed_backward(cls.backward))
+
+    def remove():
+        for cls, forward, backward in originals:
+            cls.forward, cls.backward = staticmethod(forward), staticmethod(backward)
+    return remove
+
+
+def profile(name, options, batch, steps):
+    """Per-step seconds of every (op label, phase), of the step's parts, and calls per step."""
+    model = run.build_minissc(name, options)
+    images, labels = run.random_batch(batch)
+    optimizer = SGD(model.parameters(), lr=run.LR, momentum=run.MOMENTUM,
+                    weight_decay=run.WEIGHT_DECAY)
+    op_seconds = collections.defaultdict(float)
+    parts = collections.defaultdict(float)
+    calls = collections.Counter()
+    remove = install_timers(op_seconds, calls)
+    try:
+        for step in range(steps + 1):
+            if step == 1:  # step 0 compiled or loaded the kernels: start counting now
+                op_seconds.clear()
+                parts.clear()
+                calls.clear()
+            model.train()
+            start = time.perf_counter()
+            loss = F.cross_entropy(model(Tensor(images)), labels)
+            forward_done = time.perf_counter()
+            optimizer.zero_grad()
+            loss.backward()
+            backward_done = time.perf_counter()
+            optimizer.step()
+            parts["forward"] += forward_done - start
+            parts["backward"] += backward_done - forward_done
+            parts["optimizer step"] += time.perf_counter() - backward_done
+    finally:
+        remove()
+    return ({key: value / steps for key, value in op_seconds.items()},
+            {key: value / steps for key, value in parts.items()},
+            {key: value // steps for key, value in calls.items()})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="sscresnet20",
+                        choices=["resnet20", "shiftresnet20", "sscresnet20"])
+    parser.add_argument("--r", type=int, help="sscresnet20's width r (default 1)")
+    parser.add_argument("--e", type=int, help="shiftresnet20's expansion e (default 3)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    options = {"sscresnet20": {"r": args.r or 1}, "shiftresnet20": {"e": args.e or 3},
+               "resnet20": {}}[args.model]
+    run.set_threads(args.threads)
+    op_seconds, parts, calls = profile(args.model, options, args.batch, args.steps)
+    step = sum(parts.values())
+    ops = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
+    for (label, phase), seconds in op_seconds.items():
+        ops[label][phase] = seconds
+    rows = [dict(op=label, kind=label.split(" ")[0], calls=calls[label],
+                 forward_ms=1000 * t["forward"], backward_ms=1000 * t["backward"])
+            for label, t in ops.items()]
+    outside = {"forward": parts["forward"] - sum(t["forward"] for t in ops.values()),
+               "backward": parts["backward"] - sum(t["backward"] for t in ops.values())}
+    for name, forward_ms, backward_ms in (
+            ("forward outside the ops", 1000 * outside["forward"], 0.0),
+            ("backward outside the ops", 0.0, 1000 * outside["backward"]),
+            ("optimizer step", 0.0, 1000 * parts["optimizer step"])):
+        rows.append(dict(op=name, kind=name, calls=1, forward_ms=forward_ms,
+                         backward_ms=backward_ms))
+    rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
+    by_kind = collections.defaultdict(float)
+    for row in rows:
+        by_kind[row["kind"]] += row["forward_ms"] + row["backward_ms"]
+
+    label = run.model_label(args.model, options)
+    print(f"{label}, batch {args.batch}, {args.threads} threads: {1000 * step:.0f} ms per training "
+          f"step ({args.batch / step:.1f} img/s), mean of {args.steps} steps after the first")
+    print(f"{'op and input shapes':68s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}")
+    for row in rows:
+        total = row["forward_ms"] + row["backward_ms"]
+        print(f"{row['op'][:68]:68s}{row['calls']:6d}{row['forward_ms']:9.1f}"
+              f"{row['backward_ms']:9.1f}{100 * total / (1000 * step):6.1f}%")
+    print("\nby op (forward + backward ms per step):")
+    for name, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
+        print(f"  {name:30s}{ms:8.1f}  {100 * ms / (1000 * step):5.1f}%")
+    if args.out:
+        args.out.write_text(json.dumps(dict(
+            meta=run.machine_info(args.threads, None), model=label, batch=args.batch,
+            steps=args.steps, step_ms=1000 * step, rows=rows, by_op=by_kind), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
