@@ -82,6 +82,8 @@ def train_command(summary: dict, out: str) -> str:
             words += [f"--{name.replace('_', '-')}", str(value)]
     if summary.get("train_eval_images"):
         words += ["--train-eval", str(summary["train_eval_images"])]
+    if summary.get("time_limit_minutes"):
+        words += ["--time-limit", f"{summary['time_limit_minutes']:g}"]
     return " ".join(words + ["--out", out])
 
 

@@ -325,7 +325,7 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
             if stopped_by is not None:
                 break
 
-    summary = _summary(config, model, history, train_seconds, stopped_by,
+    summary = _summary(config, model, history, train_seconds, stopped_by, time_limit_minutes,
                        len(train_labels), len(test_labels), lr_changes)
     if train_eval_images and history:
         count = min(train_eval_images, len(train_labels))
@@ -435,8 +435,8 @@ def _write_metrics(out_dir: str, history: list[dict]) -> None:
     write_text_atomically(os.path.join(out_dir, "metrics.csv"), table.getvalue())
 
 
-def _summary(config, model, history, train_seconds, stopped_by, train_size, test_size,
-             lr_changes) -> dict:
+def _summary(config, model, history, train_seconds, stopped_by, time_limit_minutes, train_size,
+             test_size, lr_changes) -> dict:
     rows = summarize(model)
     images_trained = sum(r["images"] for r in history)
     last = history[-1] if history else {}
@@ -444,7 +444,8 @@ def _summary(config, model, history, train_seconds, stopped_by, train_size, test
         model=config.model, model_options=config.model_options, dataset=config.dataset,
         parameters=model.num_parameters(), macs=int(sum(r.macs for r in rows)),
         epochs_completed=sum(not r["partial"] for r in history), epochs_planned=config.epochs,
-        stopped_by=stopped_by, train_images=train_size, test_images=test_size,
+        stopped_by=stopped_by, time_limit_minutes=time_limit_minutes,
+        train_images=train_size, test_images=test_size,
         best_test_acc=max((r["test_acc"] for r in history), default=None),
         last_test_acc=last.get("test_acc"), last_train_acc=last.get("train_acc"),
         train_test_gap=(last["train_acc"] - last["test_acc"]) if history else None,

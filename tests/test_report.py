@@ -12,7 +12,8 @@ from minissc.train import TrainConfig
 
 RUNS = {  # name: extra `minissc train` arguments
     "ssc-r4": ["--r", "4"],
-    "ssc-r4-smooth": ["--r", "4", "--seed", "1", "--label-smoothing", "0.1", "--no-augment"],
+    "ssc-r4-smooth": ["--r", "4", "--seed", "1", "--label-smoothing", "0.1", "--no-augment",
+                      "--time-limit", "30"],
 }
 
 
@@ -81,6 +82,7 @@ def test_the_page_commands_rerun_the_same_configuration(results):
         summary = read_run(results, name)
         assert cli.train_config(args) == TrainConfig(**summary["config"])
         assert args.train_eval == summary["train_eval_images"] == 60
+        assert args.time_limit == summary["time_limit_minutes"]
         assert os.path.normpath(args.out) == os.path.join("runs", name)
 
 
