@@ -81,6 +81,7 @@ def profile(name, options, batch, steps):
     op_seconds = collections.defaultdict(float)
     parts = collections.defaultdict(float)
     calls = collections.Counter()
+    model.train()
     remove = install_timers(op_seconds, calls)
     try:
         for step in range(steps + 1):
@@ -88,7 +89,6 @@ def profile(name, options, batch, steps):
                 op_seconds.clear()
                 parts.clear()
                 calls.clear()
-            model.train()
             start = time.perf_counter()
             loss = F.cross_entropy(model(Tensor(images)), labels)
             forward_done = time.perf_counter()

@@ -243,8 +243,6 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
         save_checkpoint(checkpoint_path, arrays, meta)
         saved_at = _position(epoch, progress_in_epoch.step, steps_per_epoch)
 
-    # The limit counts training time as train_seconds does: not the evaluations, not the pauses
-    # between an interruption and its --resume (which continues the count).
     time_limit_seconds = None if time_limit_minutes is None else 60 * time_limit_minutes
     stopped_by = None
     # NumPy's overflow warnings would only precede the divergence checks' clearer message.
