@@ -16,8 +16,10 @@ group's shifted planes in a scratch block, in cache). A group point-wise convolu
 SSC whose offsets are all zero, so both use the same inner kernels.
 
 Every public function allocates its outputs and calls an `@njit` inner kernel (prefix `_`) that
-runs `prange` over independent output slices only; the weight gradient is summed per sample in
-float64 and the per-sample partials are added in a fixed order, so results are deterministic.
+runs `prange` over independent output slices only. The weight gradient is summed plane by plane
+(one sample, output and input) in the input's dtype, in vector lanes whose order is fixed when
+the kernel is compiled, and these per-sample partials are added in float64 in sample order, so
+results are deterministic.
 Each compute function has a plain NumPy twin `<name>_reference` that reads like the equations.
 """
 import numpy as np
@@ -175,9 +177,10 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
     For every term y[n, o, k] += W[o, i] * x[n, c, k + off_i] (off_i = dy_i W + dx_i):
         grad_x[n, c, k + off_i] += W[o, i] * grad_y[n, o, k]
         grad_weight_per_sample[n, o, i] += grad_y[n, o, k] * x[n, c, k + off_i]
-    Each iteration zeroes its own grad_x[n] first. The weight sums run in float64;
-    `fastmath={"reassoc"}` lets LLVM split them into vector lanes, in an order fixed at
-    compile time (so still deterministic).
+    Each iteration zeroes its own grad_x[n] first. `fastmath={"reassoc"}` lets LLVM split
+    the weight sums into vector lanes, in an order fixed at compile time (so still
+    deterministic); they run in x's dtype, at most one plane long (float32 sums measured
+    25-35% faster than float64 in the group kernel at 1 thread, relative change 1e-7).
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
@@ -196,14 +199,14 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
                 w = weight[o, i]
                 col_offset = col_offsets[i]
                 first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
-                weight_sum = np.float64(0)
+                weight_sum = zero
                 for step in range(count):
                     upstream = grad_y_plane[first_out + step]
                     if col_offset != 0:
                         col = columns[first_out + step] + col_offset
                         upstream = upstream if (col >= 0) & (col < width) else zero
                     grad_x_plane[first_in + step] += w * upstream
-                    weight_sum += np.float64(upstream) * np.float64(x_plane[first_in + step])
+                    weight_sum += upstream * x_plane[first_in + step]
                 grad_weight_per_sample[n, o, i] = weight_sum
 
 
@@ -216,6 +219,7 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
     out_channels, group_size = weight.shape
     batch, out_height, out_width = grad_y.shape[0], grad_y.shape[2], grad_y.shape[3]
     outputs_per_group = out_channels // (channels // group_size)
+    zero = x.dtype.type(0)
     for n in prange(batch):
         grad_x[n] = 0
         for o in range(out_channels):
@@ -230,7 +234,7 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
                                                              height, out_height)
                 first_col, first_in_col, cols = valid_range(col_offsets[i], stride,
                                                              width, out_width)
-                weight_sum = np.float64(0)
+                weight_sum = zero
                 for row_step in range(rows):
                     row = first_row + row_step
                     in_row = first_in_row + row_step * stride
@@ -238,7 +242,7 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
                         upstream = grad_y_plane[row, first_col + step]
                         in_col = first_in_col + step * stride
                         grad_x_plane[in_row, in_col] += w * upstream
-                        weight_sum += np.float64(upstream) * np.float64(x_plane[in_row, in_col])
+                        weight_sum += upstream * x_plane[in_row, in_col]
                 grad_weight_per_sample[n, o, i] = weight_sum
 
 
@@ -284,39 +288,40 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                            grad_x, grad_weight_per_sample):
     """Gradients of `_group_forward_kernel`, one sample n per parallel iteration.
 
-    With shifted[i] as in the forward (copied again, in cache) and the group's outputs o:
-        grad_shifted[i] = sum_o W[o, i] * grad_y[n, o],
-        grad_weight_per_sample[n, o, i] = sum_k grad_y[n, o, k] * shifted[i, k]   (float64),
-    and grad_x[n, c_i] is grad_shifted[i] shifted back by (-dy_i, -dx_i), 0 outside (the
-    inverse shift drops exactly the terms the forward took from outside the image). Each
-    input channel belongs to one group, so every grad_x plane is written once.
+    For each input i of group g, with shifted = x[n, c_i] shifted by (dy_i, dx_i) as in the
+    forward (copied into a scratch plane, in cache) and the group's outputs o:
+        grad_shifted = sum_o W[o, i] * grad_y[n, o],
+        grad_weight_per_sample[n, o, i] = sum_k grad_y[n, o, k] * shifted[k],
+    and grad_x[n, c_i] is grad_shifted shifted back by (-dy_i, -dx_i), 0 outside (the inverse
+    shift drops exactly the terms the forward took from outside the image). Each input
+    channel belongs to one group, so every grad_x plane is written once. Input by input
+    (rather than output by output) keeps one grad_shifted plane in L1 cache while the group's
+    grad_y planes stream past it.
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
     groups = channels // group_size
     outputs_per_group = out_channels // groups
+    zero = x.dtype.type(0)
     for n in prange(batch):
-        shifted = np.empty((group_size, plane_size), x.dtype)
-        grad_shifted = np.empty((group_size, plane_size), x.dtype)
+        shifted = np.empty(plane_size, x.dtype)
+        grad_shifted = np.empty(plane_size, x.dtype)
         for g in range(groups):
-            _shift_group(x[n], input_channels[g * group_size:(g + 1) * group_size],
-                         row_offsets, col_offsets, width, shifted)
-            grad_shifted[:] = 0
-            for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
-                grad_y_plane = grad_y[n, o]
-                for i in range(group_size):
+            for i in range(group_size):
+                channel = input_channels[g * group_size + i]
+                copy_shifted_plane(x[n, channel], row_offsets[i], col_offsets[i], width, shifted)
+                grad_shifted[:] = 0
+                for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
+                    grad_y_plane = grad_y[n, o]
                     w = weight[o, i]
-                    shifted_plane = shifted[i]
-                    grad_shifted_plane = grad_shifted[i]
-                    weight_sum = np.float64(0)
+                    weight_sum = zero
                     for k in range(plane_size):
                         upstream = grad_y_plane[k]
-                        grad_shifted_plane[k] += w * upstream
-                        weight_sum += np.float64(upstream) * np.float64(shifted_plane[k])
+                        grad_shifted[k] += w * upstream
+                        weight_sum += upstream * shifted[k]
                     grad_weight_per_sample[n, o, i] = weight_sum
-            for i in range(group_size):
-                copy_shifted_plane(grad_shifted[i], -row_offsets[i], -col_offsets[i], width,
-                                   grad_x[n, input_channels[g * group_size + i]])
+                copy_shifted_plane(grad_shifted, -row_offsets[i], -col_offsets[i], width,
+                                   grad_x[n, channel])
 
 
 def channel_shuffle(x, groups):
