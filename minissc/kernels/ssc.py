@@ -263,6 +263,12 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, w
     into a scratch block (in cache), shifted[i, k] = x[n, c_i, k + dy_i W + dx_i] (0 outside),
     and each output plane is y[n, o] = sum_i W[o, i] * shifted[i]: loops without offsets or
     masks. One parallel iteration per sample n, which owns its scratch block.
+
+    The sum over i takes three inputs per pass over y[n, o] (then the rest one by one): a
+    third of the loads and stores of y, and a third of the loops, whose fixed cost dominates
+    on 8x8 planes. One thread, 9 inputs per group, process time (median of 30 calls, in three
+    alternating rounds beside another process): 576->576 8x8 5.4-10.5 -> 4.6-4.7 ms, 16x16
+    17.5-22.7 -> 13.7-16.0 ms; 144->144 32x32 unchanged (19.8-23.2 against 20.2-21.6 ms).
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
@@ -276,9 +282,15 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, w
             for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
                 y_plane = y[n, o]
                 y_plane[:] = 0
-                for i in range(group_size):
-                    w = weight[o, i]
-                    shifted_plane = shifted[i]
+                i = 0
+                while i + 3 <= group_size:
+                    w0, w1, w2 = weight[o, i], weight[o, i + 1], weight[o, i + 2]
+                    plane0, plane1, plane2 = shifted[i], shifted[i + 1], shifted[i + 2]
+                    for k in range(plane_size):
+                        y_plane[k] += w0 * plane0[k] + w1 * plane1[k] + w2 * plane2[k]
+                    i += 3
+                for i in range(i, group_size):
+                    w, shifted_plane = weight[o, i], shifted[i]
                     for k in range(plane_size):
                         y_plane[k] += w * shifted_plane[k]
 
