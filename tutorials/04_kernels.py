@@ -310,9 +310,10 @@ print(f"forward + backward: fused {1000 * fused_total:.1f} ms, unfused pair "
 #   the numbers also move by tens of percent from run to run.
 # * The fused loop can be slower than the plain point-wise loop over the same data (its runs
 #   are shifted, so they start at unaligned addresses and the edge columns need a select;
-#   the printout above compares the two), which then eats part of the saved shift. The backward kernel also sums dW in float64
-#   (for accuracy and a deterministic order), which halves the SIMD width of that loop. So the
-#   measured gain is smaller than the traffic ratio, and it varies from run to run.
+#   the printout above compares the two), which then eats part of the saved shift. The backward
+#   kernel also computes dW in the same loop: a sum per plane in vector lanes, in an order fixed
+#   when the kernel is compiled, so that the result is deterministic. So the measured gain is
+#   smaller than the traffic ratio, and it varies from run to run.
 #
 # What fusion saves whatever the machine is memory: for its backward pass the pair must keep
 # the shifted copy z of every SSC layer's input from the forward pass. The "GB/s achieved"
