@@ -144,10 +144,10 @@ def main(argv=None):
     label = run.model_label(args.model, options)
     print(f"{label}, batch {args.batch}, {args.threads} threads: {1000 * step:.0f} ms per training "
           f"step ({args.batch / step:.1f} img/s), mean of {args.steps} steps after the first")
-    print(f"{'op and input shapes':68s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}")
+    print(f"{'op and input shapes':100s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}")
     for row in rows:
         total = row["forward_ms"] + row["backward_ms"]
-        print(f"{row['op'][:68]:68s}{row['calls']:6d}{row['forward_ms']:9.1f}"
+        print(f"{row['op'][:100]:100s}{row['calls']:6d}{row['forward_ms']:9.1f}"
               f"{row['backward_ms']:9.1f}{100 * total / (1000 * step):6.1f}%")
     print("\nby op (forward + backward ms per step):")
     for name, ms in sorted(by_kind.items(), key=lambda item: -item[1]):

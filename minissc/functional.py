@@ -222,6 +222,13 @@ def ssc_conv2d(x, weight, kernel_size: int = 3, stride: int = 1, *,
     ``shuffle_groups=g`` computes ``ssc_conv2d(channel_shuffle(x, g), ...)`` without the
     shuffled copy (the SSC module's shuffle, folded into the second SSC layer's reads).
     """
+    x, weight, layer = _ssc_arguments(x, weight, kernel_size, stride, shuffle_groups)
+    return SSCConv2d.apply(x, weight, **layer)
+
+
+def _ssc_arguments(x, weight, kernel_size, stride, shuffle_groups):
+    """x and weight as tensors and the layer's settings as `SSCConv2d.apply` takes them,
+    after checking them all."""
     x, weight = as_tensor(x, "x"), as_tensor(weight, "weight")
     check_ndim(x, 4, "x", "N, C, H, W")
     check_same_dtype(x=x, weight=weight)
@@ -233,8 +240,7 @@ def ssc_conv2d(x, weight, kernel_size: int = 3, stride: int = 1, *,
     if x.shape[1] % shuffle_groups:
         raise ValueError(f"channels ({x.shape[1]}) must be divisible by shuffle_groups "
                          f"({shuffle_groups})")
-    return SSCConv2d.apply(x, weight, kernel_size=kernel_size, stride=stride,
-                           shuffle_groups=shuffle_groups)
+    return x, weight, dict(kernel_size=kernel_size, stride=stride, shuffle_groups=shuffle_groups)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,19 +265,7 @@ class BatchNorm2d(Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 apply_relu):
         x, weight, bias = (np.ascontiguousarray(a) for a in (x, weight, bias))
-        if training:
-            mean, var = norm_kernels.batch_norm_statistics(x)
-            if running_mean is not None:
-                count = x.size // x.shape[1]
-                unbiased_var = var * (count / (count - 1))
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean
-                running_var *= 1 - momentum
-                running_var += momentum * unbiased_var
-        else:
-            mean, var = running_mean, running_var
-        inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
-        mean = np.asarray(mean, dtype=x.dtype)
+        mean, inv_std = _normalisation(x, running_mean, running_var, training, momentum, eps)
         ctx.training = training
         if not apply_relu:
             ctx.save_for_backward(x, weight, mean, inv_std, None)
@@ -288,6 +282,59 @@ class BatchNorm2d(Function):
                                                     ctx.training)
         return norm_kernels.batch_norm_relu_backward(grad_out, x, mean, inv_std, weight,
                                                      relu_bias, ctx.training)
+
+
+def _normalisation(x, running_mean, running_var, training, momentum, eps):
+    """(mean, inv_std) of a batch norm, shape (C,) in x's dtype: the batch statistics in
+    training, which also move the running ones (if given) in place, else the running ones."""
+    if training:
+        mean, var = norm_kernels.batch_norm_statistics(x)
+        if running_mean is not None:
+            count = x.size // x.shape[1]
+            unbiased_var = var * (count / (count - 1))
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+            running_var *= 1 - momentum
+            running_var += momentum * unbiased_var
+    else:
+        mean, var = running_mean, running_var
+    return np.asarray(mean, dtype=x.dtype), (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+
+
+class BatchNormReLUSSCConv2d(Function):
+    """y = SSC(a) with a = relu(batch_norm(x)), a computed by the SSC kernel as it reads x.
+
+    The forward is `BatchNorm2d`'s (statistics, running statistics) and `SSCConv2d`'s, with
+    the normalise + ReLU pass folded into the SSC's reads, so a is never written: one write
+    and one read of the activation less, and one activation fewer kept for the backward. By
+    the chain rule through a:
+      (da, dW) = SSCConv2d's backward at a (its kernel recomputes a from x as it reads),
+      (dx, dweight_bn, dbias_bn) = BatchNorm2d's backward with ReLU, for the upstream da.
+    Both are the unfused ops' own backward kernels, and a is rounded as the batch norm + ReLU
+    kernel rounds it, so the results equal the unfused pair's.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bn_weight, bn_bias, running_mean, running_var, training,
+                momentum, eps, kernel_size, stride, shuffle_groups):
+        x, weight, bn_weight, bn_bias = (np.ascontiguousarray(a)
+                                         for a in (x, weight, bn_weight, bn_bias))
+        mean, inv_std = _normalisation(x, running_mean, running_var, training, momentum, eps)
+        input_norm = (mean, inv_std * bn_weight, bn_bias)
+        ctx.training, ctx.input_norm = training, input_norm
+        ctx.layer = (kernel_size, stride, shuffle_groups)
+        ctx.save_for_backward(x, bn_weight, inv_std, weight)
+        return ssc_kernels.ssc_forward(x, weight, *ctx.layer, input_norm=input_norm)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, bn_weight, inv_std, weight = ctx.saved_arrays
+        mean, _, bn_bias = ctx.input_norm
+        grad_activation, grad_weight = ssc_kernels.ssc_backward(
+            x, weight, np.ascontiguousarray(grad_out), *ctx.layer, input_norm=ctx.input_norm)
+        grad_x, grad_bn_weight, grad_bn_bias = norm_kernels.batch_norm_relu_backward(
+            grad_activation, x, mean, inv_std, bn_weight, bn_bias, ctx.training)
+        return grad_x, grad_weight, grad_bn_weight, grad_bn_bias
 
 
 class ReLU(Function):
@@ -325,8 +372,31 @@ def batch_norm_relu2d(x, weight=None, bias=None, running_mean=None, running_var=
                        apply_relu=True)
 
 
+def batch_norm_relu_ssc_conv2d(x, bn_weight, bn_bias, running_mean, running_var, weight,
+                               kernel_size: int = 3, stride: int = 1, *, shuffle_groups: int = 1,
+                               training: bool = True, momentum: float = 0.1,
+                               eps: float = 1e-5) -> Tensor:
+    """``ssc_conv2d(batch_norm_relu2d(x, bn_weight, bn_bias, running_mean, running_var,
+    training, momentum, eps), weight, kernel_size, stride, shuffle_groups=...)``, with the
+    batch norm + ReLU applied by the SSC kernel as it reads x: the activation between the two
+    is never stored. Same values and gradients as the two calls; the running statistics move
+    as in `batch_norm2d`. `bn_weight`/`bn_bias` may be None (1/0)."""
+    x, bn_weight, bn_bias, norm = _batch_norm_arguments(x, bn_weight, bn_bias, running_mean,
+                                                        running_var, training, momentum, eps)
+    x, weight, layer = _ssc_arguments(x, weight, kernel_size, stride, shuffle_groups)
+    return BatchNormReLUSSCConv2d.apply(x, weight, bn_weight, bn_bias, **norm, **layer)
+
+
 def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,
                 apply_relu):
+    x, weight, bias, norm = _batch_norm_arguments(x, weight, bias, running_mean, running_var,
+                                                  training, momentum, eps)
+    return BatchNorm2d.apply(x, weight, bias, **norm, apply_relu=apply_relu)
+
+
+def _batch_norm_arguments(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """x, weight and bias as tensors (weight 1 and bias 0 when None) and the other settings as
+    `BatchNorm2d.apply` takes them, after checking them all."""
     x = as_tensor(x, "x")
     check_ndim(x, 4, "x", "N, C, H, W")
     channels = x.shape[1]
@@ -354,9 +424,9 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
                              f"to estimate a variance, got input shape {tuple(x.shape)}")
     elif running_mean is None:
         raise ValueError("eval mode (training=False) needs running_mean and running_var")
-    return BatchNorm2d.apply(x, weight, bias, running_mean=running_mean, running_var=running_var,
-                             training=bool(training), momentum=float(momentum), eps=float(eps),
-                             apply_relu=apply_relu)
+    return x, weight, bias, dict(running_mean=running_mean, running_var=running_var,
+                                 training=bool(training), momentum=float(momentum),
+                                 eps=float(eps))
 
 
 def relu(x) -> Tensor:

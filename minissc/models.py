@@ -105,7 +105,9 @@ class SSCBlock(Module):
     channel j of every SSC1 group into SSC2 group j, so for r = 1 each SSC2 output sees one
     channel from each of 9 SSC1 groups, each at a different kernel position. The shuffle is a
     pure permutation, so SSC2 performs it while reading its input (``shuffle_groups``):
-    the same function without a shuffled copy of the widest tensor of the block.
+    the same function without a shuffled copy of the widest tensor of the block. Likewise each
+    SSC layer applies the BN + ReLU in front of it as it reads its input (``input_norm``), so
+    the two widest activations of the block are never stored.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, r: int = 1):
@@ -125,9 +127,9 @@ class SSCBlock(Module):
         self.relu = ReLU()
 
     def forward(self, x):
-        out = self.bn1(self.conv1(x))  # bn1, bn2: BN + ReLU, fused
-        out = self.bn2(self.ssc1(out))
-        out = self.bn3(self.ssc2(out))  # ssc2 reads its input through the channel shuffle
+        out = self.ssc1(self.conv1(x), input_norm=self.bn1)  # bn1, bn2: BN + ReLU, applied
+        out = self.ssc2(out, input_norm=self.bn2)  # as ssc1 / ssc2 read; ssc2 also shuffles
+        out = self.bn3(out)
         return self.relu(out + _apply_shortcut(self.shortcut, x))
 
 

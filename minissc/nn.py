@@ -218,6 +218,9 @@ class SSCConv2d(Module):
     j mod group_size of the kernel_size x kernel_size grid; ``weight`` has shape
     (out_channels, group_size); ``dense_weight()`` is the equivalent dense sparse kernel.
     ``shuffle_groups=g`` makes the layer read ``channel_shuffle(x, g)``, fused (no copy).
+    ``layer(x, input_norm=bn)``, bn a `BatchNormReLU2d`, computes ``layer(bn(x))`` with the
+    batch norm + ReLU applied as the layer reads x (``F.batch_norm_relu_ssc_conv2d``), so
+    bn's output is never stored; bn keeps its parameters and running statistics.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -233,9 +236,19 @@ class SSCConv2d(Module):
         self.weight = Parameter(_kaiming_normal((out_channels, self.group_size), self.group_size))
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
 
-    def forward(self, x):
-        out = F.ssc_conv2d(x, self.weight, self.kernel_size, self.stride,
-                           shuffle_groups=self.shuffle_groups)
+    def forward(self, x, input_norm: BatchNormReLU2d | None = None):
+        if input_norm is None:
+            out = F.ssc_conv2d(x, self.weight, self.kernel_size, self.stride,
+                               shuffle_groups=self.shuffle_groups)
+        elif isinstance(input_norm, BatchNormReLU2d):
+            norm = input_norm
+            out = F.batch_norm_relu_ssc_conv2d(
+                x, norm.weight, norm.bias, norm.running_mean, norm.running_var, self.weight,
+                self.kernel_size, self.stride, shuffle_groups=self.shuffle_groups,
+                training=norm.training, momentum=norm.momentum, eps=norm.eps)
+        else:
+            raise TypeError(f"input_norm must be a BatchNormReLU2d or None, got "
+                            f"{type(input_norm).__name__}")
         return _add_channel_bias(out, self.bias)
 
     def dense_weight(self) -> np.ndarray:

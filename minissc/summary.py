@@ -76,14 +76,21 @@ def summarize(model: Module, input_shape=(1, 3, 32, 32)) -> list[LayerRow]:
     rows: list[LayerRow] = []
     seen: set[int] = set()
 
+    names = {id(module): name for name, module in leaves}
+
+    def record(name, module, shape):
+        params = 0 if id(module) in seen else _own_parameters(module)
+        seen.add(id(module))
+        rows.append(LayerRow(name, type(module).__name__, shape, params,
+                             layer_macs(module, shape)))
+
     def recording(name, module, forward):
         def forward_and_record(*args, **kwargs):
+            norm = kwargs.get("input_norm")
+            if norm is not None:  # an SSC layer applying a batch norm to its input: its row
+                record(names[id(norm)], norm, tuple(args[0].shape))  # comes first
             out = forward(*args, **kwargs)
-            shape = tuple(out.shape)
-            params = 0 if id(module) in seen else _own_parameters(module)
-            seen.add(id(module))
-            rows.append(LayerRow(name, type(module).__name__, shape, params,
-                                 layer_macs(module, shape)))
+            record(name, module, tuple(out.shape))
             return out
         return forward_and_record
 

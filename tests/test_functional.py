@@ -153,6 +153,60 @@ def test_fused_batch_norm_relu_equals_batch_norm_then_relu(n, c, h, w, seed, tra
         tolerance=1e-5)
 
 
+@settings(max_examples=50)
+@given(cfg=ssc_configs(max_batch=2, max_side=5), seed=seeds, training=st.booleans(),
+       shuffle=st.booleans(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_batch_norm_relu_folded_into_ssc_equals_the_two_ops(cfg, seed, training, shuffle,
+                                                            dtype):
+    """batch_norm_relu_ssc_conv2d against batch_norm_relu2d then ssc_conv2d: the output, the
+    four gradients and the running statistics, to the bit (both run the same kernels on
+    values rounded the same way)."""
+    n, c, h, w = cfg["n"], cfg["c"], cfg["h"], cfg["w"]
+    assume(n * h * w >= 2)
+    layer = dict(kernel_size=cfg["k"], stride=cfg["stride"],
+                 shuffle_groups=cfg["groups"] if shuffle else 1)
+    inputs = [arrays(seed, (n, c, h, w)), arrays(seed + 1, (c,)), arrays(seed + 2, (c,)),
+              arrays(seed + 3, (cfg["o"], cfg["g"]))]
+    fused_inputs = [Tensor(a.astype(dtype), requires_grad=True) for a in inputs]
+    pair_inputs = [Tensor(a.astype(dtype), requires_grad=True) for a in inputs]
+    stats = [np.zeros(c, dtype), np.ones(c, dtype)]
+    pair_stats = [s.copy() for s in stats]
+    x, bn_weight, bn_bias, weight = fused_inputs
+    fused = F.batch_norm_relu_ssc_conv2d(x, bn_weight, bn_bias, *stats, weight, **layer,
+                                         training=training)
+    x, bn_weight, bn_bias, weight = pair_inputs
+    pair = F.ssc_conv2d(F.batch_norm_relu2d(x, bn_weight, bn_bias, *pair_stats,
+                                            training=training), weight, **layer)
+    upstream = arrays(seed + 4, fused.shape).astype(dtype)
+    fused.backward(upstream)
+    pair.backward(upstream)
+    np.testing.assert_array_equal(fused.data, pair.data)
+    for a, b in zip(fused_inputs, pair_inputs):
+        np.testing.assert_array_equal(a.grad, b.grad)
+    for a, b in zip(stats, pair_stats):
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=25)
+@given(cfg=ssc_configs(max_batch=2, max_side=4), seed=seeds, training=st.booleans())
+def test_gradcheck_batch_norm_relu_ssc(cfg, seed, training):
+    n, c, h, w = cfg["n"], cfg["c"], cfg["h"], cfg["w"]
+    # With 2 values per channel the batch-normalised values are +-1 whatever x is, so the
+    # gradient with respect to x is O(eps) and a relative error against it is only noise.
+    assume(n * h * w >= 3)
+    x = leaf(seed, (n, c, h, w), scale=3.0)
+    bn_weight, bn_bias = leaf(seed + 1, (c,)), leaf(seed + 2, (c,))
+    weight = leaf(seed + 3, (cfg["o"], cfg["g"]))
+    stats = (np.random.default_rng(seed).standard_normal(c),
+             np.random.default_rng(seed).uniform(0.5, 2.0, c))
+    normalised = F.batch_norm2d(x, bn_weight, bn_bias, *(s.copy() for s in stats),
+                                training=training)
+    assume(np.abs(normalised.data).min() > 1e-3)  # away from the ReLU kink
+    assert_gradients_match(lambda x, bn_weight, bn_bias, weight: F.batch_norm_relu_ssc_conv2d(
+        x, bn_weight, bn_bias, *(s.copy() for s in stats), weight, cfg["k"], cfg["stride"],
+        training=training), x, bn_weight, bn_bias, weight, tolerance=1e-5)
+
+
 @settings(max_examples=25)
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4),
                        st.integers(1, 4)), seed=seeds)
@@ -262,6 +316,9 @@ BAD_CALLS = [
     ("shuffle groups", lambda: F.channel_shuffle(X, 4), ValueError, r"channels \(18\) must be divisible by groups \(4\)"),
     ("linear features", lambda: F.linear(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32)), ValueError, r"5 input features but x has 3"),
     ("not an array", lambda: F.relu("abc"), TypeError, r"x must be a Tensor or a NumPy array, got str"),
+    ("bn + ssc: bn weight shape", lambda: F.batch_norm_relu_ssc_conv2d(X, np.ones(3, np.float32), None, None, None, W), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
+    ("bn + ssc: ssc stride", lambda: F.batch_norm_relu_ssc_conv2d(X, None, None, None, None, W, stride=0), ValueError, r"stride must be >= 1, got 0"),
+    ("bn + ssc: eval without statistics", lambda: F.batch_norm_relu_ssc_conv2d(X, None, None, None, None, W, training=False), ValueError, r"eval mode .* needs running_mean"),
 ]
 
 
@@ -303,6 +360,13 @@ z = rng.standard_normal((3, 4, 5, 5))
 bn = F.batch_norm2d(z, None, None, np.zeros(4), np.ones(4))
 assert np.allclose(bn.data.mean(axis=(0, 2, 3)), 0, atol=1e-12)
 assert np.array_equal(F.relu(z).data, np.maximum(z, 0))
+w = rng.standard_normal((2, 9))
+for stride in (1, 2):
+    fused = F.batch_norm_relu_ssc_conv2d(np.tile(z, (1, 9, 1, 1))[:, :18], None, None, None, None,
+                                         w, 3, stride, shuffle_groups=2)
+    pair = F.ssc_conv2d(F.batch_norm_relu2d(np.tile(z, (1, 9, 1, 1))[:, :18]), w, 3, stride,
+                        shuffle_groups=2)
+    assert np.allclose(fused.data, pair.data, atol=1e-12), "bn + relu folded into ssc"
 import numba
 assert numba.config.DISABLE_JIT
 print("ok")

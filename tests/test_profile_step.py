@@ -4,22 +4,23 @@ import sys
 from pathlib import Path
 
 from minissc import nn
-from minissc.functional import SSCConv2d
+from minissc.functional import BatchNormReLUSSCConv2d, SSCConv2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import profile_step  # noqa: E402
 
 
 def test_profile_counts_every_op_call_and_removes_its_timers():
-    original_forward = SSCConv2d.forward
+    original_forwards = SSCConv2d.forward, BatchNormReLUSSCConv2d.forward
     op_seconds, parts, calls = profile_step.profile("sscresnet20", {"r": 4}, batch=2, steps=2)
     model = profile_step.run.build_minissc("sscresnet20", {"r": 4})
     ssc_layers = sum(isinstance(m, nn.SSCConv2d) for _, m in model.named_modules())
     assert ssc_layers > 0
-    assert sum(n for label, n in calls.items() if label.startswith("SSCConv2d ")) == ssc_layers
+    ssc_ops = ("SSCConv2d ", "BatchNormReLUSSCConv2d ")  # the second: BN + ReLU folded in
+    assert sum(n for label, n in calls.items() if label.startswith(ssc_ops)) == ssc_layers
     assert sum(n for label, n in calls.items() if label.startswith("CrossEntropy ")) == 1
     assert all(seconds >= 0 for seconds in op_seconds.values())
     assert {phase for _, phase in op_seconds} == {"forward", "backward"}
     ops_forward = sum(s for (_, phase), s in op_seconds.items() if phase == "forward")
     assert 0 < ops_forward <= parts["forward"]
-    assert SSCConv2d.forward is original_forward
+    assert (SSCConv2d.forward, BatchNormReLUSSCConv2d.forward) == original_forwards

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from minissc import reference
 from minissc.gradcheck import numerical_gradient
-from minissc.kernels import ssc
+from minissc.kernels import norm, ssc
 from strategies import arrays, conv_configs, on_one_thread, seeds, ssc_configs
 
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -114,6 +114,38 @@ def test_ssc_matches_reference(kernel, config, seed, dtype):
         assert grad_x.dtype == grad_weight.dtype == dtype
         assert_close(grad_x, expected_grad_x, tolerance)
         assert_close(grad_weight, expected_grad_weight, tolerance)
+
+
+def input_norm_problem(channels, seed, dtype):
+    """A random input norm (mean, scale, bias), arrays (C,), with scales of both signs."""
+    return tuple(arrays(seed + k, (channels,), dtype) for k in range(3))
+
+
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@settings(max_examples=100)
+@given(ssc_configs(), seeds, dtypes, st.data())
+def test_input_norm_equals_the_kernels_on_the_stored_activation(kernel, config, seed, dtype,
+                                                                data):
+    """An SSC that normalises x as it reads it computes, to the bit, what the same kernels
+    compute on a = relu(batch_norm(x)) stored by the batch norm + ReLU kernel, gradients
+    included (its grad_x is the gradient with respect to a); and it equals its NumPy twin."""
+    divisors = [d for d in range(1, config["c"] + 1) if config["c"] % d == 0]
+    shuffle_groups = data.draw(st.sampled_from(divisors))
+    with stride_1_kernel(kernel):
+        x, weight, grad_y = ssc_problem(config, seed, dtype)
+        mean, scale, bias = input_norm = input_norm_problem(config["c"], seed + 3, dtype)
+        activation = norm.batch_norm_relu_forward(x, mean, np.ones_like(scale), scale, bias)
+        layer = (config["k"], config["stride"], shuffle_groups)
+        y = ssc.ssc_forward(x, weight, *layer, input_norm=input_norm)
+        np.testing.assert_array_equal(y, ssc.ssc_forward(activation, weight, *layer))
+        grads = ssc.ssc_backward(x, weight, grad_y, *layer, input_norm=input_norm)
+        for actual, expected in zip(grads, ssc.ssc_backward(activation, weight, grad_y, *layer)):
+            np.testing.assert_array_equal(actual, expected)
+        tolerance = TWIN_TOLERANCE[dtype]
+        assert_close(y, ssc.ssc_forward_reference(x, weight, *layer, input_norm), tolerance)
+        twins = ssc.ssc_backward_reference(x, weight, grad_y, *layer, input_norm)
+        for actual, expected in zip(grads, twins):
+            assert_close(actual, expected, tolerance)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,13 +282,16 @@ def test_backward_is_deterministic_across_thread_counts(dtype, kernel):
     x = arrays(4, (16, 18, 12, 12), dtype)
     weight = arrays(5, (12, 9), dtype)
     grad_y = arrays(6, (16, 12, 12, 12), dtype)
-    with stride_1_kernel(kernel):
-        first = ssc.ssc_backward(x, weight, grad_y, 3, 1)
-        second = ssc.ssc_backward(x, weight, grad_y, 3, 1)
-        single_thread = on_one_thread(ssc.ssc_backward, x, weight, grad_y, 3, 1)
-    for a, b, c in zip(first, second, single_thread):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(a, c)
+    input_norm = input_norm_problem(18, 7, dtype)
+    for normalise in (None, input_norm):
+        with stride_1_kernel(kernel):
+            first = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, normalise)
+            second = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, normalise)
+            single_thread = on_one_thread(ssc.ssc_backward, x, weight, grad_y, 3, 1, 1,
+                                          normalise)
+        for a, b, c in zip(first, second, single_thread):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -56,9 +56,11 @@ rng = np.random.default_rng(0)
 # ## One SSC module
 #
 # The first block of stage 1 of `sscresnet20` (r = 1): c_in = c_out = 16, so m = 144.
-# minissc fuses two pairs of steps into single layers, for speed only: `BatchNormReLU2d` is
-# BN followed by ReLU in one pass, and SSC2 performs the channel shuffle while reading its
-# input (`shuffle_groups`), so the shuffled copy is never stored.
+# minissc fuses steps into single layers, for speed and memory only: `BatchNormReLU2d` is
+# BN followed by ReLU in one pass; each SSC layer applies the BN + ReLU in front of it while
+# reading its input (`block.ssc1(out, input_norm=block.bn1)`), so that activation, the
+# widest tensor of the block, is never stored; and SSC2 performs the channel shuffle while
+# reading its input (`shuffle_groups`), so the shuffled copy is never stored either.
 
 # %%
 network = models.create("sscresnet20", r=1)
@@ -66,14 +68,20 @@ block = network.layer1[0]
 print(block)
 
 # %% [markdown]
-# That fused read is exactly "shuffle, then SSC2": check it against the shuffle done
-# explicitly with `F.channel_shuffle`.
+# Those fused reads are exactly "shuffle, then SSC2" and "BN + ReLU, then SSC1": check them
+# against the shuffle done explicitly with `F.channel_shuffle` and the BN + ReLU layer called
+# on its own (in eval mode, so that the running statistics stay put).
 
 # %%
 x = rng.standard_normal((2, 144, 8, 8)).astype(np.float32)
 fused = block.ssc2(x).data
 explicit = F.ssc_conv2d(F.channel_shuffle(x, 144 // 9), block.ssc2.weight.data, 3, 1).data
 print("max |ssc2(x) - ssc_conv2d(channel_shuffle(x, 16))| =", float(np.abs(fused - explicit).max()))
+block.eval()
+fused = block.ssc1(x, input_norm=block.bn1).data
+explicit = block.ssc1(block.bn1(x)).data
+print("max |ssc1(x, input_norm=bn1) - ssc1(bn1(x))| =", float(np.abs(fused - explicit).max()))
+block.train()
 
 # %% [markdown]
 # ## What the shuffle connects

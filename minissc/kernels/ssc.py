@@ -12,7 +12,9 @@ offset (dy_j, dx_j) = (p // k - k//2, p % k - k//2) (see `shift_offsets`), and
 
 `shift_*` and `group_pointwise_*` compute the two steps on their own; `ssc_*` fold the shift
 into the point-wise loop and never store a shifted copy of x (the group kernels keep one
-group's shifted planes in a scratch block, in cache). A group point-wise convolution is an
+group's shifted planes in a scratch block, in cache). `ssc_*` can also apply a batch norm +
+ReLU to x as they read it (``input_norm``, see `_normalised_plane`), so that the activation
+relu(batch_norm(x)) in front of an SSC layer is never stored either. A group point-wise convolution is an
 SSC whose offsets are all zero, so both use the same inner kernels.
 
 Every public function allocates its outputs and calls an `@njit` inner kernel (prefix `_`) that
@@ -26,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from minissc.kernels import copy_shifted_plane, flat_run, planes, valid_range
+from minissc.kernels.norm import _normalised
 
 
 def shift_offsets(channels, kernel_size, group_size):
@@ -106,10 +109,43 @@ def _columns(width, height):
     return np.arange(height * width, dtype=np.int32) % np.int32(width)
 
 
+@njit(cache=True)
+def _normalised_plane(plane, channel, input_norm, scratch):
+    """The plane a kernel reads for input channel `channel` of x: `plane` itself, or, with an
+    input norm (mean, scale, bias) of shape (C,) each, scratch filled with
+
+        relu((plane - mean_c) * scale_c + bias_c),   scale = inv_std * weight,
+
+    rounded exactly as `minissc.kernels.norm.batch_norm_relu_forward` rounds it (the same
+    `_normalised`, the same `< 0` test), so a layer that normalises as it reads computes what
+    it would compute on the stored activation. Without an input norm the three arrays are
+    empty. The zero padding of the shift lies around the normalised plane: the kernels shift
+    what this returns.
+    """
+    mean, scale, bias = input_norm
+    if mean.size == 0:
+        return plane
+    channel_mean, channel_scale, channel_bias = mean[channel], scale[channel], bias[channel]
+    values, normalised = plane.ravel(), scratch.ravel()
+    zero = scratch.dtype.type(0)
+    for k in range(values.size):
+        value = _normalised(values[k], channel_mean, channel_scale, channel_bias)
+        normalised[k] = zero if value < 0 else value
+    return scratch
+
+
+def _no_input_norm(dtype):
+    """The `input_norm` of a layer that reads x as it is: three empty arrays."""
+    empty = np.empty(0, dtype)
+    return empty, empty, empty
+
+
 @njit(cache=True, parallel=True)
-def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, width, columns, y):
+def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, input_norm, width,
+                         columns, y):
     """Stride 1, planes flat (N, C, H * W): y[n, o, k] = sum_i W[o, i] * x[n, c, k + dy_i W + dx_i]
-    over the terms inside the image, c = input_channels[g(o)*G + i].
+    over the terms inside the image, c = input_channels[g(o)*G + i] (x normalised as read,
+    with an input norm).
 
     One parallel iteration per output plane y[n, o], which it zeroes first (in cache, instead
     of a separate np.zeros).
@@ -123,10 +159,12 @@ def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, wi
         n = plane // out_channels
         o = plane % out_channels
         first_channel = (o // outputs_per_group) * group_size
+        scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         y_plane = y[n, o]
         y_plane[:] = 0
         for i in range(group_size):
-            x_plane = x[n, input_channels[first_channel + i]]
+            channel = input_channels[first_channel + i]
+            x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
             w = weight[o, i]
             col_offset = col_offsets[i]
             first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
@@ -141,7 +179,8 @@ def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, wi
 
 
 @njit(cache=True, parallel=True)
-def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels, y):
+def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels,
+                            input_norm, y):
     """Stride s > 1: y[n, o, Y, X] = sum_i W[o, i] * x[n, c, Y*s + dy_i, X*s + dx_i]
     over the terms inside the image, c = input_channels[g(o)*G + i]; row by row."""
     batch, channels, height, width = x.shape
@@ -152,10 +191,12 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
         n = plane // out_channels
         o = plane % out_channels
         first_channel = (o // outputs_per_group) * group_size
+        scratch = np.empty((height, width) if input_norm[0].size else (0, 0), x.dtype)
         y_plane = y[n, o]
         y_plane[:, :] = 0
         for i in range(group_size):
-            x_plane = x[n, input_channels[first_channel + i]]
+            channel = input_channels[first_channel + i]
+            x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
             w = weight[o, i]
             first_row, first_in_row, rows = valid_range(row_offsets[i], stride,
                                                          height, out_height)
@@ -170,14 +211,15 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels, width,
-                          columns, grad_x, grad_weight_per_sample):
+def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels, input_norm,
+                          width, columns, grad_x, grad_weight_per_sample):
     """Gradients of `_flat_forward_kernel`, one sample n per parallel iteration.
 
     For every term y[n, o, k] += W[o, i] * x[n, c, k + off_i] (off_i = dy_i W + dx_i):
         grad_x[n, c, k + off_i] += W[o, i] * grad_y[n, o, k]
         grad_weight_per_sample[n, o, i] += grad_y[n, o, k] * x[n, c, k + off_i]
-    Each iteration zeroes its own grad_x[n] first. `fastmath={"reassoc"}` lets LLVM split
+    With an input norm, x is read normalised and grad_x is the gradient with respect to the
+    normalised values. Each iteration zeroes its own grad_x[n] first. `fastmath={"reassoc"}` lets LLVM split
     the weight sums into vector lanes, in an order fixed at compile time (so still
     deterministic); they run in x's dtype, at most one plane long (float32 sums measured
     25-35% faster than float64 in the group kernel at 1 thread, relative change 1e-7).
@@ -188,13 +230,14 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
     height = plane_size // width
     zero = x.dtype.type(0)
     for n in prange(batch):
+        scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         grad_x[n] = 0
         for o in range(out_channels):
             first_channel = (o // outputs_per_group) * group_size
             grad_y_plane = grad_y[n, o]
             for i in range(group_size):
                 channel = input_channels[first_channel + i]
-                x_plane = x[n, channel]
+                x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
                 grad_x_plane = grad_x[n, channel]
                 w = weight[o, i]
                 col_offset = col_offsets[i]
@@ -212,7 +255,7 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
-                             input_channels, grad_x, grad_weight_per_sample):
+                             input_channels, input_norm, grad_x, grad_weight_per_sample):
     """Gradients of `_strided_forward_kernel`, the same sums as `_flat_backward_kernel`
     row by row."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
@@ -221,13 +264,14 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
     outputs_per_group = out_channels // (channels // group_size)
     zero = x.dtype.type(0)
     for n in prange(batch):
+        scratch = np.empty((height, width) if input_norm[0].size else (0, 0), x.dtype)
         grad_x[n] = 0
         for o in range(out_channels):
             first_channel = (o // outputs_per_group) * group_size
             grad_y_plane = grad_y[n, o]
             for i in range(group_size):
                 channel = input_channels[first_channel + i]
-                x_plane = x[n, channel]
+                x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
                 grad_x_plane = grad_x[n, channel]
                 w = weight[o, i]
                 first_row, first_in_row, rows = valid_range(row_offsets[i], stride,
@@ -247,15 +291,18 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
 
 
 @njit(cache=True)
-def _shift_group(x_sample, channels, row_offsets, col_offsets, width, shifted):
-    """shifted[i] = plane channels[i] of x_sample (C, H * W), shifted by (dy_i, dx_i), 0 outside."""
+def _shift_group(x_sample, channels, row_offsets, col_offsets, input_norm, width, scratch,
+                 shifted):
+    """shifted[i] = plane channels[i] of x_sample (C, H * W) (normalised, with an input norm),
+    shifted by (dy_i, dx_i), 0 outside."""
     for i in range(len(channels)):
-        copy_shifted_plane(x_sample[channels[i]], row_offsets[i], col_offsets[i], width,
-                           shifted[i])
+        plane = _normalised_plane(x_sample[channels[i]], channels[i], input_norm, scratch)
+        copy_shifted_plane(plane, row_offsets[i], col_offsets[i], width, shifted[i])
 
 
 @njit(cache=True, parallel=True)
-def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, width, y):
+def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, input_norm, width,
+                          y):
     """Stride 1, planes flat, for groups with several outputs: the same sums as
     `_flat_forward_kernel`, with the shift done once per group instead of once per output.
 
@@ -276,9 +323,10 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, w
     outputs_per_group = out_channels // groups
     for n in prange(batch):
         shifted = np.empty((group_size, plane_size), x.dtype)
+        scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         for g in range(groups):
             _shift_group(x[n], input_channels[g * group_size:(g + 1) * group_size],
-                         row_offsets, col_offsets, width, shifted)
+                         row_offsets, col_offsets, input_norm, width, scratch, shifted)
             for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
                 y_plane = y[n, o]
                 y_plane[:] = 0
@@ -296,8 +344,8 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, w
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels, width,
-                           grad_x, grad_weight_per_sample):
+def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels,
+                           input_norm, width, grad_x, grad_weight_per_sample):
     """Gradients of `_group_forward_kernel`, one sample n per parallel iteration.
 
     For each input i of group g, with shifted = x[n, c_i] shifted by (dy_i, dx_i) as in the
@@ -318,10 +366,12 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     for n in prange(batch):
         shifted = np.empty(plane_size, x.dtype)
         grad_shifted = np.empty(plane_size, x.dtype)
+        scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         for g in range(groups):
             for i in range(group_size):
                 channel = input_channels[g * group_size + i]
-                copy_shifted_plane(x[n, channel], row_offsets[i], col_offsets[i], width, shifted)
+                plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
+                copy_shifted_plane(plane, row_offsets[i], col_offsets[i], width, shifted)
                 grad_shifted[:] = 0
                 for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
                     grad_y_plane = grad_y[n, o]
@@ -363,40 +413,45 @@ def _shift_once_per_group(x, weight):
     return weight.shape[0] // groups >= GROUP_KERNEL_MIN_OUTPUTS
 
 
-def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuffle_groups=1):
+def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuffle_groups=1,
+                               input_norm=None):
     """Allocate y (N, O, Ho, Wo) and run a forward kernel; offsets are indexed by i < G."""
     batch, channels, height, width = x.shape
     y = np.empty((batch, weight.shape[0], output_size(height, stride), output_size(width, stride)),
                  dtype=x.dtype)
     input_channels = shuffled_channels(channels, shuffle_groups)
+    input_norm = input_norm or _no_input_norm(x.dtype)
     if stride == 1 and _shift_once_per_group(x, weight):
-        _group_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels, width,
-                              planes(y))
+        _group_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels,
+                              input_norm, width, planes(y))
     elif stride == 1:
-        _flat_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels, width,
-                             _columns(width, height), planes(y))
+        _flat_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels,
+                             input_norm, width, _columns(width, height), planes(y))
     else:
-        _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels, y)
+        _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels,
+                                input_norm, y)
     return y
 
 
 def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, stride,
-                                shuffle_groups=1):
+                                shuffle_groups=1, input_norm=None):
     """Run a backward kernel; grad_W sums its float64 per-sample partials in sample order."""
     batch, channels, height, width = x.shape
     grad_x = np.empty_like(x)
     grad_weight_per_sample = np.empty((batch,) + weight.shape, dtype=np.float64)
     input_channels = shuffled_channels(channels, shuffle_groups)
+    input_norm = input_norm or _no_input_norm(x.dtype)
     if stride == 1 and _shift_once_per_group(x, weight):
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                               input_channels, width, planes(grad_x), grad_weight_per_sample)
+                               input_channels, input_norm, width, planes(grad_x),
+                               grad_weight_per_sample)
     elif stride == 1:
         _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                              input_channels, width, _columns(width, height), planes(grad_x),
-                              grad_weight_per_sample)
+                              input_channels, input_norm, width, _columns(width, height),
+                              planes(grad_x), grad_weight_per_sample)
     else:
         _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
-                                 input_channels, grad_x, grad_weight_per_sample)
+                                 input_channels, input_norm, grad_x, grad_weight_per_sample)
     return grad_x, grad_weight_per_sample.sum(axis=0).astype(x.dtype)
 
 
@@ -421,19 +476,22 @@ def group_pointwise_backward(x, weight, grad_y, stride):
     return _shifted_pointwise_backward(x, weight, grad_y, no_offsets, no_offsets, stride)
 
 
-def ssc_forward(x, weight, kernel_size, stride, shuffle_groups=1):
+def ssc_forward(x, weight, kernel_size, stride, shuffle_groups=1, input_norm=None):
     """Fused SSC: y = group_pointwise(shift(x)) without storing shift(x); G = weight.shape[1].
 
     y[n, o, Y, X] = sum_{i<G} W[o, i] * x[n, g(o)*G + i, Y*s + dy_i, X*s + dx_i]  (0 outside).
     With shuffle_groups > 1 the layer reads channel_shuffle(x, shuffle_groups) instead of x,
-    through the index map `shuffled_channels`: no shuffled copy either.
+    through the index map `shuffled_channels`: no shuffled copy either. With input_norm =
+    (mean, scale, bias), arrays (C,) in x's dtype, it reads a = relu((x - mean) * scale + bias)
+    instead of x (a batch norm + ReLU in front of the layer, scale = inv_std * weight): y is
+    the SSC of a, and a is never stored.
     """
     group_size = weight.shape[1]
     dy, dx = shift_offsets(group_size, kernel_size, group_size)
-    return _shifted_pointwise_forward(x, weight, dy, dx, stride, shuffle_groups)
+    return _shifted_pointwise_forward(x, weight, dy, dx, stride, shuffle_groups, input_norm)
 
 
-def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1):
+def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1, input_norm=None):
     """Gradients (grad_x, grad_weight) of `ssc_forward`, fused, without a shifted copy of x.
 
     With z = shift(x) and y = group_pointwise(z):
@@ -445,10 +503,15 @@ def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1):
         grad_x[n, g*G + i, Y*s + dy_i, X*s + dx_i] = sum_{o in g} W[o, i] * grad_y[n, o, Y, X],
     so the kernel scatters into grad_x directly. A channel shuffle in front (shuffle_groups > 1)
     is a permutation of channels, so the same sums are written back through the same index map.
+    With an input norm the layer's input is a = relu((x - mean) * scale + bias), recomputed from
+    x as the kernel reads it: grad_W is the sum above with a in place of x, and the first
+    result is grad_a, the gradient with respect to a (the caller chains the batch norm + ReLU's
+    own backward, `minissc.kernels.norm.batch_norm_relu_backward`, to reach x).
     """
     group_size = weight.shape[1]
     dy, dx = shift_offsets(group_size, kernel_size, group_size)
-    return _shifted_pointwise_backward(x, weight, grad_y, dy, dx, stride, shuffle_groups)
+    return _shifted_pointwise_backward(x, weight, grad_y, dy, dx, stride, shuffle_groups,
+                                       input_norm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,18 +572,30 @@ def group_pointwise_backward_reference(x, weight, grad_y, stride):
     return grad_x, grad_weight.reshape(out_channels, group_size)
 
 
-def ssc_forward_reference(x, weight, kernel_size, stride, shuffle_groups=1):
-    """NumPy twin of `ssc_forward`: (channel shuffle,) shift, then group point-wise convolution."""
-    x = channel_shuffle(x, shuffle_groups)
+def _normalised_reference(x, input_norm):
+    """x, or relu((x - mean) * scale + bias) per channel with input_norm = (mean, scale, bias)."""
+    if input_norm is None:
+        return x
+    mean, scale, bias = (values[:, None, None] for values in input_norm)
+    normalised = (x - mean) * scale + bias
+    return np.where(normalised < 0, 0, normalised).astype(x.dtype)
+
+
+def ssc_forward_reference(x, weight, kernel_size, stride, shuffle_groups=1, input_norm=None):
+    """NumPy twin of `ssc_forward`: (batch norm + ReLU,) channel shuffle, shift, then group
+    point-wise convolution."""
+    x = channel_shuffle(_normalised_reference(x, input_norm), shuffle_groups)
     shifted = shift_forward_reference(x, kernel_size, weight.shape[1])
     return group_pointwise_forward_reference(shifted, weight, stride)
 
 
-def ssc_backward_reference(x, weight, grad_y, kernel_size, stride, shuffle_groups=1):
+def ssc_backward_reference(x, weight, grad_y, kernel_size, stride, shuffle_groups=1,
+                           input_norm=None):
     """NumPy twin of `ssc_backward`: group point-wise backward on shift(x), the inverse shift,
-    then the inverse channel shuffle (the shuffle with C / shuffle_groups groups)."""
+    then the inverse channel shuffle (the shuffle with C / shuffle_groups groups); with an
+    input norm, x normalised first and the gradient with respect to the normalised x."""
     group_size = weight.shape[1]
-    shuffled = channel_shuffle(x, shuffle_groups)
+    shuffled = channel_shuffle(_normalised_reference(x, input_norm), shuffle_groups)
     shifted = shift_forward_reference(shuffled, kernel_size, group_size)
     grad_shifted, grad_weight = group_pointwise_backward_reference(shifted, weight, grad_y, stride)
     grad_shuffled = shift_backward_reference(grad_shifted, kernel_size, group_size)
