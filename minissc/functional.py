@@ -310,8 +310,11 @@ class BatchNormReLUSSCConv2d(Function):
     the chain rule through a:
       (da, dW) = SSCConv2d's backward at a (its kernel recomputes a from x as it reads),
       (dx, dweight_bn, dbias_bn) = BatchNorm2d's backward with ReLU, for the upstream da.
-    Both are the unfused ops' own backward kernels, and a is rounded as the batch norm + ReLU
-    kernel rounds it, so the results equal the unfused pair's.
+    The SSC backward kernel also sums the batch norm's parameter gradients (sum of da * [a > 0]
+    and of da * [a > 0] * (x - mean)) as it finishes each plane of da, so the batch norm's
+    backward is left with its grad_x pass: two reads of the activation's size less. a is
+    rounded as the batch norm + ReLU kernel rounds it and the sums are taken plane by plane
+    as its kernel takes them, so the results equal the unfused pair's.
     """
 
     @staticmethod
@@ -330,10 +333,11 @@ class BatchNormReLUSSCConv2d(Function):
     def backward(ctx, grad_out):
         x, bn_weight, inv_std, weight = ctx.saved_arrays
         mean, _, bn_bias = ctx.input_norm
-        grad_activation, grad_weight = ssc_kernels.ssc_backward(
+        grad_activation, grad_weight, sum_grad, sum_grad_centred = ssc_kernels.ssc_backward(
             x, weight, np.ascontiguousarray(grad_out), *ctx.layer, input_norm=ctx.input_norm)
-        grad_x, grad_bn_weight, grad_bn_bias = norm_kernels.batch_norm_relu_backward(
-            grad_activation, x, mean, inv_std, bn_weight, bn_bias, ctx.training)
+        grad_x, grad_bn_weight, grad_bn_bias = norm_kernels.batch_norm_relu_input_grad(
+            grad_activation, x, mean, inv_std, bn_weight, bn_bias, sum_grad, sum_grad_centred,
+            ctx.training)
         return grad_x, grad_weight, grad_bn_weight, grad_bn_bias
 
 

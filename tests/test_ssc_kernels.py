@@ -144,6 +144,7 @@ def test_input_norm_equals_the_kernels_on_the_stored_activation(kernel, config, 
         tolerance = TWIN_TOLERANCE[dtype]
         assert_close(y, ssc.ssc_forward_reference(x, weight, *layer, input_norm), tolerance)
         twins = ssc.ssc_backward_reference(x, weight, grad_y, *layer, input_norm)
+        assert len(grads) == len(twins) == 4  # grad_x, grad_W, the batch norm's two sums
         for actual, expected in zip(grads, twins):
             assert_close(actual, expected, tolerance)
 

@@ -192,12 +192,34 @@ def batch_norm_relu_backward(grad_y, x, mean, inv_std, weight, bias, batch_stati
     return _batch_norm_backward(grad_y, x, mean, inv_std, weight, bias, batch_statistics)
 
 
+def batch_norm_relu_input_grad(grad_y, x, mean, inv_std, weight, bias, sum_grad,
+                               sum_grad_centred, batch_statistics):
+    """`batch_norm_relu_backward`, given its parameter-gradient sums (float64, shape (C,)),
+    computed elsewhere with g = grad_y * [y > 0]:
+        sum_grad = sum g,    sum_grad_centred = sum g * (x - mean).
+    An SSC layer that reads y = relu(batch_norm(x)) as its input computes them in its backward
+    kernel (`minissc.kernels.ssc.ssc_backward` with an input norm), so only the grad_x pass is
+    left here: grad_bias = sum_grad, grad_weight = inv_std * sum_grad_centred.
+    """
+    grad_bias = sum_grad.astype(weight.dtype)
+    grad_weight = (sum_grad_centred * inv_std).astype(weight.dtype)
+    return _with_input_grad(grad_y, x, mean, inv_std, weight, bias, grad_weight, grad_bias,
+                            batch_statistics)
+
+
 def _batch_norm_backward(grad_y, x, mean, inv_std, weight, relu_bias, batch_statistics):
     """relu_bias: the batch norm's bias when a ReLU follows it, else None."""
     grad_weight = np.empty_like(weight)
     grad_bias = np.empty_like(weight)
     _batch_norm_parameter_grad_kernel(planes(grad_y), planes(x), mean, inv_std, weight,
                                       relu_bias, _channels_per_block(x), grad_weight, grad_bias)
+    return _with_input_grad(grad_y, x, mean, inv_std, weight, relu_bias, grad_weight, grad_bias,
+                            batch_statistics)
+
+
+def _with_input_grad(grad_y, x, mean, inv_std, weight, relu_bias, grad_weight, grad_bias,
+                     batch_statistics):
+    """(grad_x, grad_weight, grad_bias): the parameter gradients, and grad_x computed from them."""
     grad_x = np.empty_like(x)
     _batch_norm_input_grad_kernel(planes(grad_y), planes(x), mean, inv_std, weight, relu_bias,
                                   grad_weight, grad_bias, batch_statistics, planes(grad_x))
