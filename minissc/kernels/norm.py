@@ -126,8 +126,11 @@ def batch_norm_relu_forward(x, mean, inv_std, weight, bias):
 @njit(cache=True)
 def _normalised(x, mean, scale, bias):
     """(x - mean) * scale + bias, scale = inv_std * weight: the one expression of the forward
-    pass, which the ReLU's backward recomputes (a separate function without fastmath, so
-    that every kernel rounds it the same way and the ReLU's mask is the forward's)."""
+    pass, which the ReLU's backward recomputes and the SSC kernels apply as they read their
+    input (`minissc.kernels.ssc`, ``input_norm``); a separate function without fastmath, so
+    that every kernel rounds it the same way and the ReLU's mask is the forward's. Numba's
+    cache does not see an edit here from the kernels that inline it: delete the cache then
+    (see `minissc.kernels`)."""
     return (x - mean) * scale + bias
 
 

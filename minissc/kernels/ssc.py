@@ -14,8 +14,8 @@ offset (dy_j, dx_j) = (p // k - k//2, p % k - k//2) (see `shift_offsets`), and
 into the point-wise loop and never store a shifted copy of x (the group kernels keep one
 group's shifted planes in a scratch block, in cache). `ssc_*` can also apply a batch norm +
 ReLU to x as they read it (``input_norm``, see `_normalised_plane`), so that the activation
-relu(batch_norm(x)) in front of an SSC layer is never stored either. A group point-wise convolution is an
-SSC whose offsets are all zero, so both use the same inner kernels.
+relu(batch_norm(x)) in front of an SSC layer is never stored either. A group point-wise
+convolution is an SSC whose offsets are all zero, so both use the same inner kernels.
 
 Every public function allocates its outputs and calls an `@njit` inner kernel (prefix `_`) that
 runs `prange` over independent output slices only. The weight gradient is summed plane by plane
@@ -247,10 +247,11 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
         grad_weight_per_sample[n, o, i] += grad_y[n, o, k] * x[n, c, k + off_i]
     With an input norm, x is read normalised, grad_x is the gradient with respect to the
     normalised values, and norm_sums[n, c] gets plane c's `_input_norm_grad_sums` once the
-    last output of its group has added to it. Each iteration zeroes its own grad_x[n] first. `fastmath={"reassoc"}` lets LLVM split
-    the weight sums into vector lanes, in an order fixed at compile time (so still
-    deterministic); they run in x's dtype, at most one plane long (float32 sums measured
-    25-35% faster than float64 in the group kernel at 1 thread, relative change 1e-7).
+    last output of its group has added to it. Each iteration zeroes its own grad_x[n] first.
+    `fastmath={"reassoc"}` lets LLVM split the weight sums into vector lanes, in an order
+    fixed at compile time (so still deterministic); they run in x's dtype, at most one plane
+    long (float32 sums measured 25-35% faster than float64 in the group kernel at 1 thread,
+    relative change 1e-7).
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
