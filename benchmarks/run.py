@@ -195,9 +195,9 @@ def distinct_layers(batch: int) -> list[dict]:
         calls = []
 
         def recording(forward, name, module):
-            def forward_and_record(x):
+            def forward_and_record(x, **options):  # SSC layers: input_norm=bn, timed without
                 calls.append((name, module, tuple(x.shape)))
-                return forward(x)
+                return forward(x, **options)
             return forward_and_record
 
         for name, module in model.named_modules():
