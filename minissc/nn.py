@@ -241,11 +241,11 @@ class SSCConv2d(Module):
             out = F.ssc_conv2d(x, self.weight, self.kernel_size, self.stride,
                                shuffle_groups=self.shuffle_groups)
         elif isinstance(input_norm, BatchNormReLU2d):
-            norm = input_norm
+            bn = input_norm
             out = F.batch_norm_relu_ssc_conv2d(
-                x, norm.weight, norm.bias, norm.running_mean, norm.running_var, self.weight,
+                x, bn.weight, bn.bias, bn.running_mean, bn.running_var, self.weight,
                 self.kernel_size, self.stride, shuffle_groups=self.shuffle_groups,
-                training=norm.training, momentum=norm.momentum, eps=norm.eps)
+                training=bn.training, momentum=bn.momentum, eps=bn.eps)
         else:
             raise TypeError(f"input_norm must be a BatchNormReLU2d or None, got "
                             f"{type(input_norm).__name__}")

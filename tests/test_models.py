@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from minissc import manual_seed, models, no_grad
+from minissc.nn import BatchNorm2d, SSCConv2d
 from minissc.summary import format_summary, summarize, summary_text
 from minissc.tensor import Tensor
 
@@ -130,6 +131,8 @@ def test_unknown_name_lists_valid_names_and_suggests_one():
     (lambda: models.create("resnet20", num_classes=1), ValueError, "num_classes must be >= 2"),
     (lambda: models.create("resnet20", num_classes=2.5), TypeError, "num_classes"),
     (lambda: models.SSCBlock(16, 16, r=3), ValueError, r"r \(3\) must divide"),
+    (lambda: SSCConv2d(18, 18)(np.zeros((1, 18, 4, 4), np.float32), input_norm=BatchNorm2d(18)),
+     TypeError, "input_norm must be a BatchNormReLU2d or None, got BatchNorm2d"),
 ])
 def test_bad_options_raise_errors_naming_them(call, error, pattern):
     with pytest.raises(error, match=pattern):
