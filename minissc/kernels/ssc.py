@@ -502,17 +502,8 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     grads = grad_x, grad_weight_per_sample.sum(axis=0).astype(x.dtype)
     if not input_norm:
         return grads
-    sum_grad, sum_grad_centred = _sum_in_sample_order(norm_sums).T
+    sum_grad, sum_grad_centred = norm_sums.sum(axis=0).T
     return grads + (sum_grad, sum_grad_centred)
-
-
-def _sum_in_sample_order(per_sample):
-    """per_sample[0] + per_sample[1] + ... + per_sample[N - 1], added one sample at a time (the
-    order the batch norm's own kernel adds its plane sums in)."""
-    total = np.zeros(per_sample.shape[1:])
-    for sample in per_sample:
-        total += sample
-    return total
 
 
 def group_pointwise_forward(x, weight, stride):
