@@ -9,11 +9,13 @@ from hypothesis import strategies as st
 def ssc_configs(draw, max_batch=3, max_side=9, kernel_sizes=(1, 3, 5), strides=(1, 2)):
     """A valid SSC layer and input: dict with n, c, o, h, w, k, g (group size), stride, groups.
 
-    C = groups * G, O = groups * r, so C is divisible by G and O by the number of groups."""
+    C = groups * G, O = groups * r, so C is divisible by G and O by the number of groups.
+    r reaches past 9, so the group backward kernel's pass of nine outputs is met partly
+    filled, full, and followed by the outputs it takes one by one."""
     k = draw(st.sampled_from(kernel_sizes))
     group_size = draw(st.integers(1, k * k))
     groups = draw(st.integers(1, 3))
-    outputs_per_group = draw(st.integers(1, 3))
+    outputs_per_group = draw(st.integers(1, 12))
     return dict(n=draw(st.integers(1, max_batch)), c=groups * group_size,
                 o=groups * outputs_per_group, h=draw(st.integers(1, max_side)),
                 w=draw(st.integers(1, max_side)), k=k, g=group_size,

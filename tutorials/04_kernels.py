@@ -125,9 +125,12 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 # * When a group has several outputs (SSC1 of an SSC module has 9 per group), all of them
 #   read the same G shifted input planes. `_group_forward_kernel` then shifts the G planes
 #   once into a small scratch block (per sample, in cache) and each output is a plain
-#   weighted sum of the block: no offsets, no select, the same sums in the same order.
-#   `ssc_forward` picks it when a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs
-#   (`benchmarks/ssc_kernel_ab.py` compares the two).
+#   weighted sum of the block, nine inputs per pass: no offsets, no select. Its backward,
+#   `_group_backward_kernel`, goes input by input and takes the group's nine outputs in one
+#   pass: it reads the input through the select once, writes its gradient plane once, and
+#   keeps the nine weight sums side by side in registers. `ssc_forward` picks this pair when
+#   a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs (`benchmarks/ssc_kernel_ab.py`
+#   compares the two pairs).
 
 # %%
 print(inspect.getsource(ssc._flat_forward_kernel.py_func))

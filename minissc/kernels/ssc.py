@@ -11,7 +11,7 @@ offset (dy_j, dx_j) = (p // k - k//2, p % k - k//2) (see `shift_offsets`), and
     y[n, o, Y, X] = sum_{i<G} W[o, i] * shift(x)[n, g(o)*G + i, Y*s, X*s],  g(o) = o // (O / g)
 
 `shift_*` and `group_pointwise_*` compute the two steps on their own; `ssc_*` fold the shift
-into the point-wise loop and never store a shifted copy of x (the group kernels keep one
+into the point-wise loop and never store a shifted copy of x (the group forward keeps one
 group's shifted planes in a scratch block, in cache). `ssc_*` can also apply a batch norm +
 ReLU to x as they read it (``input_norm``, see `_normalised_plane`), so that the activation
 relu(batch_norm(x)) in front of an SSC layer is never stored either. A group point-wise
@@ -95,8 +95,12 @@ def shift_backward(grad_out, kernel_size, group_size):
 #
 # Stride 1 has two kernel pairs for the same sums. The flat kernels read each input shifted,
 # through the select, once per output that uses it. When a group has several outputs (the
-# first SSC layer of an SSC module has 9 per group) the group kernels shift the group's inputs
-# once into a scratch block and then run plain multiply-add loops. `benchmarks/ssc_kernel_ab.py`
+# first SSC layer of an SSC module has 9 per group) the group kernels take nine of them per
+# pass: the forward shifts the group's inputs once into a scratch block and then runs plain
+# multiply-add loops, nine inputs per pass over an output; the backward reads each input
+# through the select once for nine outputs (for the backward a shifted copy per input cost
+# more than the pass itself on 8x8 planes). These numbers predate the nine-per-pass loops
+# (see `_group_backward_kernel` for those): `benchmarks/ssc_kernel_ab.py`
 # (batch 128, 2 threads) measured forward + backward on sscresnet20's first SSC layers, 9
 # outputs per group: about 48 -> 41 ms at 144->144 32x32 and 16 -> 12 ms at 576->576 8x8. With
 # one output per group (the second SSC layers) the copy cost more than it saved (a one-off
@@ -132,6 +136,29 @@ def _normalised_plane(plane, channel, input_norm, scratch):
         value = _normalised(values[k], channel_mean, channel_scale, channel_bias)
         normalised[k] = zero if value < 0 else value
     return scratch
+
+
+@njit(cache=True)
+def _channel_norm(input_norm, channel):
+    """(normalise?, mean_c, scale_c, bias_c) of input channel `channel` for
+    `_normalised_value`; normalise is False without an input norm."""
+    mean, scale, bias = input_norm
+    if mean.size == 0:
+        zero = mean.dtype.type(0)
+        return False, zero, zero, zero
+    return True, mean[channel], scale[channel], bias[channel]
+
+
+@njit(cache=True)
+def _normalised_value(value, channel_norm, zero):
+    """One value of `_normalised_plane`: relu((value - mean_c) * scale_c + bias_c), rounded as
+    there, or the value itself without an input norm. For kernels that read each value of a
+    plane once, and so need no normalised copy of it."""
+    normalise, channel_mean, channel_scale, channel_bias = channel_norm
+    if not normalise:
+        return value
+    value = _normalised(value, channel_mean, channel_scale, channel_bias)
+    return zero if value < 0 else value
 
 
 @njit(cache=True, fastmath={"reassoc"})
@@ -340,6 +367,13 @@ def _shift_group(x_sample, channels, row_offsets, col_offsets, input_norm, width
         copy_shifted_plane(plane, row_offsets[i], col_offsets[i], width, shifted[i])
 
 
+@njit(cache=True)
+def _weight_or_zero(weight, o, i, stop):
+    """weight[o, i], or 0 for an output o at or past `stop` (a pass of nine outputs that runs
+    past its group's end) or an input i at or past G (a pass of nine inputs, G < 9)."""
+    return weight[o, i] if o < stop and i < weight.shape[1] else weight.dtype.type(0)
+
+
 @njit(cache=True, parallel=True)
 def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, input_norm, width,
                           y):
@@ -351,83 +385,166 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
     and each output plane is y[n, o] = sum_i W[o, i] * shifted[i]: loops without offsets or
     masks. One parallel iteration per sample n, which owns its scratch block.
 
-    The sum over i takes three inputs per pass over y[n, o] (then the rest one by one): a
-    third of the loads and stores of y, and a third of the loops, whose fixed cost dominates
-    on 8x8 planes. One thread, 9 inputs per group, process time (median of 30 calls, in three
-    alternating rounds beside another process): 576->576 8x8 5.4-10.5 -> 4.6-4.7 ms, 16x16
-    17.5-22.7 -> 13.7-16.0 ms; 144->144 32x32 unchanged (19.8-23.2 against 20.2-21.6 ms).
+    The sum over i takes nine inputs per pass over y[n, o] (then any further inputs one by
+    one): one load and store of y for nine inputs, and one loop, whose fixed cost dominates
+    on 8x8 planes. With fewer than nine inputs the scratch block's rows past G stay zero and
+    are read with weight 0. Three inputs per pass, measured against one (one thread, 9 inputs
+    per group, process time, median of 30 calls, three alternating rounds beside another
+    process): 576->576 8x8 5.4-10.5 -> 4.6-4.7 ms, 16x16 17.5-22.7 -> 13.7-16.0 ms; 144->144
+    32x32 unchanged (19.8-23.2 against 20.2-21.6 ms). Nine against three, in one process,
+    call by call, 2 threads (`benchmarks/ssc_versions_ab.py --against 1c11bb2`, median ratio
+    of 15 calls, with and without an input norm): 0.89-0.90 at 576->576 8x8, 0.84-0.85 at
+    144->144 32x32, 0.90-1.04 at 288->288 16x16.
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
     groups = channels // group_size
     outputs_per_group = out_channels // groups
     for n in prange(batch):
-        shifted = np.empty((group_size, plane_size), x.dtype)
+        shifted = np.zeros((max(group_size, 9), plane_size), x.dtype)
         scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         for g in range(groups):
             _shift_group(x[n], input_channels[g * group_size:(g + 1) * group_size],
                          row_offsets, col_offsets, input_norm, width, scratch, shifted)
             for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
                 y_plane = y[n, o]
-                y_plane[:] = 0
-                i = 0
-                while i + 3 <= group_size:
-                    w0, w1, w2 = weight[o, i], weight[o, i + 1], weight[o, i + 2]
-                    plane0, plane1, plane2 = shifted[i], shifted[i + 1], shifted[i + 2]
-                    for k in range(plane_size):
-                        y_plane[k] += w0 * plane0[k] + w1 * plane1[k] + w2 * plane2[k]
-                    i += 3
-                for i in range(i, group_size):
+                w0, w1, w2 = weight[o, 0], _weight_or_zero(weight, o, 1, out_channels), \
+                    _weight_or_zero(weight, o, 2, out_channels)
+                w3, w4, w5 = _weight_or_zero(weight, o, 3, out_channels), \
+                    _weight_or_zero(weight, o, 4, out_channels), \
+                    _weight_or_zero(weight, o, 5, out_channels)
+                w6, w7, w8 = _weight_or_zero(weight, o, 6, out_channels), \
+                    _weight_or_zero(weight, o, 7, out_channels), \
+                    _weight_or_zero(weight, o, 8, out_channels)
+                plane0, plane1, plane2 = shifted[0], shifted[1], shifted[2]
+                plane3, plane4, plane5 = shifted[3], shifted[4], shifted[5]
+                plane6, plane7, plane8 = shifted[6], shifted[7], shifted[8]
+                for k in range(plane_size):
+                    y_plane[k] = (w0 * plane0[k] + w1 * plane1[k] + w2 * plane2[k]
+                                  + w3 * plane3[k] + w4 * plane4[k] + w5 * plane5[k]
+                                  + w6 * plane6[k] + w7 * plane7[k] + w8 * plane8[k])
+                for i in range(9, group_size):
                     w, shifted_plane = weight[o, i], shifted[i]
                     for k in range(plane_size):
                         y_plane[k] += w * shifted_plane[k]
 
 
+@njit(cache=True)
+def _store_if_inside(sums, o, stop, value):
+    """sums[o] = value for an output o before the group's end (stop)."""
+    if o < stop:
+        sums[o] = value
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels,
-                           input_norm, width, grad_x, grad_weight_per_sample, norm_sums):
+                           input_norm, width, columns, grad_x, grad_weight_per_sample, norm_sums):
     """Gradients of `_group_forward_kernel`, one sample n per parallel iteration.
 
-    For each input i of group g, with shifted = x[n, c_i] shifted by (dy_i, dx_i) as in the
-    forward (copied into a scratch plane, in cache) and the group's outputs o:
-        grad_shifted = sum_o W[o, i] * grad_y[n, o],
-        grad_weight_per_sample[n, o, i] = sum_k grad_y[n, o, k] * shifted[k],
-    and grad_x[n, c_i] is grad_shifted shifted back by (-dy_i, -dx_i), 0 outside (the inverse
-    shift drops exactly the terms the forward took from outside the image). Each input
-    channel belongs to one group, so every grad_x plane is written once. Input by input
-    (rather than output by output) keeps one grad_shifted plane in L1 cache while the group's
-    grad_y planes stream past it. With an input norm, norm_sums[n, c_i] gets the plane's
-    `_input_norm_grad_sums` as soon as grad_x[n, c_i] is written, while it is in cache.
+    For each input i of group g and the group's outputs o, with off_i = dy_i W + dx_i:
+        grad_x[n, c_i, k + off_i] = sum_o W[o, i] * grad_y[n, o, k],
+        grad_weight_per_sample[n, o, i] = sum_k grad_y[n, o, k] * x[n, c_i, k + off_i]
+    over the k whose shifted read lies inside the image: the run t < count of `flat_run`
+    (k = first_out + t reads first_in + t), minus the k whose column wraps, dropped by a
+    select as in `_flat_forward_kernel`. Every other entry of grad_x[n, c_i] is 0: no output
+    read it. The reads go straight to x at the shifted index; copying the plane shifted
+    first, as the forward does, cost more than the pass itself on 8x8 planes (short loops),
+    and here it would be paid once per input rather than once per group.
+
+    The group's first nine outputs share one pass over the run: it reads the input and writes
+    the gradient plane once for all nine, and their nine weight sums run side by side in
+    vector registers. A group with fewer than nine outputs reads its last output again in the
+    missing places, with weight 0, and drops their sums (with a non-finite grad_y that adds
+    0 * inf = NaN where the exact sum is inf); outputs past nine are added one by one. With an
+    input norm each value is normalised as it is read (`_normalised_value`, rounded as the
+    forward rounds it), and norm_sums[n, c_i] gets the plane's `_input_norm_grad_sums` as
+    soon as grad_x[n, c_i] is written, while it is in cache. Each input channel belongs to
+    one group, so every grad_x plane is written by one iteration.
+
+    Against the previous kernel (a shifted copy of each input, then three outputs per pass),
+    in one process, call by call, idle, 2 threads, batch 128 (`benchmarks/ssc_versions_ab.py
+    --against 1c11bb2`, median ratio new / old of 15-25 calls): 0.74-0.77 at 576->576 8x8,
+    0.64-0.91 at 144->144 32x32, 0.74-0.80 at 288->288 16x16.
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
     groups = channels // group_size
     outputs_per_group = out_channels // groups
+    height = plane_size // width
     zero = x.dtype.type(0)
     for n in prange(batch):
-        shifted = np.empty(plane_size, x.dtype)
-        grad_shifted = np.empty(plane_size, x.dtype)
-        scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         for g in range(groups):
+            first_output, stop = g * outputs_per_group, (g + 1) * outputs_per_group
             for i in range(group_size):
                 channel = input_channels[g * group_size + i]
-                plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
-                copy_shifted_plane(plane, row_offsets[i], col_offsets[i], width, shifted)
-                grad_shifted[:] = 0
-                for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
-                    grad_y_plane = grad_y[n, o]
-                    w = weight[o, i]
+                plane = x[n, channel]
+                channel_norm = _channel_norm(input_norm, channel)
+                col_offset = col_offsets[i]
+                first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
+                grad_x_plane = grad_x[n, channel]
+                for k in range(min(first_in, plane_size)):  # past the end if the run is empty
+                    grad_x_plane[k] = zero
+                for k in range(first_in + count, plane_size):
+                    grad_x_plane[k] = zero
+                o, last = first_output, stop - 1  # nine outputs in one pass (see above)
+                grad0, grad1, grad2 = grad_y[n, o], grad_y[n, min(o + 1, last)], \
+                    grad_y[n, min(o + 2, last)]
+                grad3, grad4, grad5 = grad_y[n, min(o + 3, last)], \
+                    grad_y[n, min(o + 4, last)], grad_y[n, min(o + 5, last)]
+                grad6, grad7, grad8 = grad_y[n, min(o + 6, last)], \
+                    grad_y[n, min(o + 7, last)], grad_y[n, min(o + 8, last)]
+                w0, w1, w2 = weight[o, i], _weight_or_zero(weight, o + 1, i, stop), \
+                    _weight_or_zero(weight, o + 2, i, stop)
+                w3, w4, w5 = _weight_or_zero(weight, o + 3, i, stop), \
+                    _weight_or_zero(weight, o + 4, i, stop), _weight_or_zero(weight, o + 5, i, stop)
+                w6, w7, w8 = _weight_or_zero(weight, o + 6, i, stop), \
+                    _weight_or_zero(weight, o + 7, i, stop), _weight_or_zero(weight, o + 8, i, stop)
+                sum0 = sum1 = sum2 = sum3 = sum4 = sum5 = sum6 = sum7 = sum8 = zero
+                for t in range(count):
+                    k = first_out + t
+                    col = columns[k] + col_offset
+                    inside = (col >= 0) & (col < width)
+                    value = _normalised_value(plane[first_in + t], channel_norm, zero)
+                    value = value if inside else zero
+                    up0, up1, up2, up3, up4 = grad0[k], grad1[k], grad2[k], grad3[k], grad4[k]
+                    up5, up6, up7, up8 = grad5[k], grad6[k], grad7[k], grad8[k]
+                    grad = (w0 * up0 + w1 * up1 + w2 * up2 + w3 * up3 + w4 * up4
+                            + w5 * up5 + w6 * up6 + w7 * up7 + w8 * up8)
+                    grad_x_plane[first_in + t] = grad if inside else zero
+                    sum0 += up0 * value
+                    sum1 += up1 * value
+                    sum2 += up2 * value
+                    sum3 += up3 * value
+                    sum4 += up4 * value
+                    sum5 += up5 * value
+                    sum6 += up6 * value
+                    sum7 += up7 * value
+                    sum8 += up8 * value
+                sums = grad_weight_per_sample[n, :, i]
+                _store_if_inside(sums, o, stop, sum0)
+                _store_if_inside(sums, o + 1, stop, sum1)
+                _store_if_inside(sums, o + 2, stop, sum2)
+                _store_if_inside(sums, o + 3, stop, sum3)
+                _store_if_inside(sums, o + 4, stop, sum4)
+                _store_if_inside(sums, o + 5, stop, sum5)
+                _store_if_inside(sums, o + 6, stop, sum6)
+                _store_if_inside(sums, o + 7, stop, sum7)
+                _store_if_inside(sums, o + 8, stop, sum8)
+                for o in range(first_output + 9, stop):  # the outputs past nine, one by one
+                    grad_y_plane, w = grad_y[n, o], weight[o, i]
                     weight_sum = zero
-                    for k in range(plane_size):
-                        upstream = grad_y_plane[k]
-                        grad_shifted[k] += w * upstream
-                        weight_sum += upstream * shifted[k]
+                    for t in range(count):
+                        k = first_out + t
+                        col = columns[k] + col_offset
+                        inside = (col >= 0) & (col < width)
+                        upstream = grad_y_plane[k] if inside else zero
+                        grad_x_plane[first_in + t] += w * upstream
+                        weight_sum += upstream * _normalised_value(plane[first_in + t],
+                                                                   channel_norm, zero)
                     grad_weight_per_sample[n, o, i] = weight_sum
-                copy_shifted_plane(grad_shifted, -row_offsets[i], -col_offsets[i], width,
-                                   grad_x[n, channel])
                 if input_norm[0].size:
-                    _input_norm_grad_sums(grad_x[n, channel], x[n, channel], channel,
-                                          input_norm, norm_sums[n, channel])
+                    _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
+                                          norm_sums[n, channel])
 
 
 def channel_shuffle(x, groups):
@@ -489,8 +606,8 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     kernel_input_norm = input_norm or _no_input_norm(x.dtype)
     if stride == 1 and _shift_once_per_group(x, weight):
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                               input_channels, kernel_input_norm, width, planes(grad_x),
-                               grad_weight_per_sample, norm_sums)
+                               input_channels, kernel_input_norm, width, _columns(width, height),
+                               planes(grad_x), grad_weight_per_sample, norm_sums)
     elif stride == 1:
         _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
                               input_channels, kernel_input_norm, width, _columns(width, height),
