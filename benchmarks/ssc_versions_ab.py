@@ -2,8 +2,9 @@
 
 This VM's speed drifts by tens of percent within minutes, so two runs of `run.py` compare
 badly. This script loads `minissc/kernels/ssc.py` as it was at `--against` (a git revision)
-beside the current one and times the two call by call, alternating, on sscresnet20's
-first-SSC-layer shapes (9 outputs per group); it reports each side's median and the median
+beside the current one and times the two call by call, alternating, on sscresnet20's (r=1)
+SSC layer shapes (the first layers of its modules: 9 outputs per group, the group kernels;
+the second: one output per group, shuffled, some with stride 2); it reports each side's median and the median
 of the per-round ratios new / old, which drift cancels out of. `--network` also times whole
 training steps of sscresnet20, swapping `ssc_forward` / `ssc_backward` between the versions
 step by step. Run it on an otherwise idle machine:
@@ -25,7 +26,9 @@ import minissc.functional as F
 from minissc import Tensor, models, optim
 from minissc.kernels import ssc
 
-SHAPES = [(576, 8), (144, 32), (288, 16)]  # channels, side: sscresnet20's SSC1 layers
+SHAPES = [  # channels, side, outputs, stride: sscresnet20's (r=1) SSC1 and SSC2 layers
+    (576, 8, 576, 1), (144, 32, 144, 1), (288, 16, 288, 1),
+    (576, 8, 64, 1), (144, 32, 16, 1), (288, 16, 32, 1), (288, 32, 32, 2), (576, 16, 64, 2)]
 SWAPPED = ("ssc_forward", "ssc_backward")
 
 
@@ -72,20 +75,23 @@ def main(argv=None):
         old = load_version(args.against, Path(directory))
         versions = {"old": old, "new": ssc}
         rng = np.random.default_rng(0)
-        for channels, side in SHAPES:
+        for channels, side, outputs, stride in SHAPES:
             x = rng.standard_normal((128, channels, side, side), dtype=np.float32)
-            weight = rng.standard_normal((channels, 9), dtype=np.float32) / np.float32(3)
-            grad_y = rng.standard_normal(x.shape, dtype=np.float32)
+            weight = rng.standard_normal((outputs, 9), dtype=np.float32) / np.float32(3)
+            out_side = ssc.output_size(side, stride)
+            grad_y = rng.standard_normal((128, outputs, out_side, out_side), dtype=np.float32)
+            shuffle = 1 if outputs == channels else channels // 9  # SSC2 reads shuffled
             norm = None
             if args.norm:
                 norm = tuple(rng.uniform(0.5, 1.5, channels).astype(np.float32) - offset
                              for offset in (1.0, 0.0, 1.0))  # mean, scale, bias
-            label = f"ssc {channels}->{channels} {side}x{side}" + (" norm" if norm else "")
+            label = (f"ssc {channels}->{outputs} {side}x{side} s{stride}"
+                     + (" norm" if norm else ""))
             report(label + " fwd", alternate(
-                {name: lambda m=m: m.ssc_forward(x, weight, 3, 1, 1, norm)
+                {name: lambda m=m: m.ssc_forward(x, weight, 3, stride, shuffle, norm)
                  for name, m in versions.items()}, args.rounds))
             report(label + " bwd", alternate(
-                {name: lambda m=m: m.ssc_backward(x, weight, grad_y, 3, 1, 1, norm)
+                {name: lambda m=m: m.ssc_backward(x, weight, grad_y, 3, stride, shuffle, norm)
                  for name, m in versions.items()}, args.rounds))
         if args.network:
             for r in (1, 2):

@@ -13,7 +13,7 @@ offset (dy_j, dx_j) = (p // k - k//2, p % k - k//2) (see `shift_offsets`), and
 `shift_*` and `group_pointwise_*` compute the two steps on their own; `ssc_*` fold the shift
 into the point-wise loop and never store a shifted copy of x (the group forward keeps one
 group's shifted planes in a scratch block, in cache). `ssc_*` can also apply a batch norm +
-ReLU to x as they read it (``input_norm``, see `_normalised_plane`), so that the activation
+ReLU to x as they read it (``input_norm``, see `_normalised_value`), so that the activation
 relu(batch_norm(x)) in front of an SSC layer is never stored either. A group point-wise
 convolution is an SSC whose offsets are all zero, so both use the same inner kernels.
 
@@ -114,34 +114,10 @@ def _columns(width, height):
 
 
 @njit(cache=True)
-def _normalised_plane(plane, channel, input_norm, scratch):
-    """The plane a kernel reads for input channel `channel` of x: `plane` itself, or, with an
-    input norm (mean, scale, bias) of shape (C,) each, scratch filled with
-
-        relu((plane - mean_c) * scale_c + bias_c),   scale = inv_std * weight,
-
-    rounded exactly as `minissc.kernels.norm.batch_norm_relu_forward` rounds it (the same
-    `_normalised`, the same `< 0` test), so a layer that normalises as it reads computes what
-    it would compute on the stored activation. Without an input norm the three arrays are
-    empty. The zero padding of the shift lies around the normalised plane: the kernels shift
-    what this returns.
-    """
-    mean, scale, bias = input_norm
-    if mean.size == 0:
-        return plane
-    channel_mean, channel_scale, channel_bias = mean[channel], scale[channel], bias[channel]
-    values, normalised = plane.ravel(), scratch.ravel()
-    zero = scratch.dtype.type(0)
-    for k in range(values.size):
-        value = _normalised(values[k], channel_mean, channel_scale, channel_bias)
-        normalised[k] = zero if value < 0 else value
-    return scratch
-
-
-@njit(cache=True)
 def _channel_norm(input_norm, channel):
     """(normalise?, mean_c, scale_c, bias_c) of input channel `channel` for
-    `_normalised_value`; normalise is False without an input norm."""
+    `_normalised_value`, from an input norm (mean, scale, bias) of shape (C,) each;
+    normalise is False without an input norm (three empty arrays)."""
     mean, scale, bias = input_norm
     if mean.size == 0:
         zero = mean.dtype.type(0)
@@ -151,14 +127,36 @@ def _channel_norm(input_norm, channel):
 
 @njit(cache=True)
 def _normalised_value(value, channel_norm, zero):
-    """One value of `_normalised_plane`: relu((value - mean_c) * scale_c + bias_c), rounded as
-    there, or the value itself without an input norm. For kernels that read each value of a
-    plane once, and so need no normalised copy of it."""
+    """The value a kernel reads for one entry of x: the entry itself, or, with an input norm,
+
+        relu((value - mean_c) * scale_c + bias_c),   scale = inv_std * weight,
+
+    rounded exactly as `minissc.kernels.norm.batch_norm_relu_forward` rounds it (the same
+    `_normalised`, the same `< 0` test), so a layer that normalises as it reads computes what
+    it would compute on the stored activation. The kernels normalise each value as they read
+    it, with no normalised copy of the plane, except the group forward, which shifts whole
+    planes (`_normalised_plane`). The zero padding of the shift lies around the normalised
+    plane: an entry read from outside the image is 0, not normalised.
+    """
     normalise, channel_mean, channel_scale, channel_bias = channel_norm
     if not normalise:
         return value
     value = _normalised(value, channel_mean, channel_scale, channel_bias)
     return zero if value < 0 else value
+
+
+@njit(cache=True)
+def _normalised_plane(plane, channel, input_norm, scratch):
+    """Input channel `channel`'s plane of x as a kernel reads it (`_normalised_value`):
+    `plane` itself without an input norm, else scratch filled with the normalised values."""
+    channel_norm = _channel_norm(input_norm, channel)
+    if not channel_norm[0]:
+        return plane
+    values, normalised = plane.ravel(), scratch.ravel()
+    zero = scratch.dtype.type(0)
+    for k in range(values.size):
+        normalised[k] = _normalised_value(values[k], channel_norm, zero)
+    return scratch
 
 
 @njit(cache=True, fastmath={"reassoc"})
@@ -213,23 +211,24 @@ def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, in
         n = plane // out_channels
         o = plane % out_channels
         first_channel = (o // outputs_per_group) * group_size
-        scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         y_plane = y[n, o]
         y_plane[:] = 0
         for i in range(group_size):
             channel = input_channels[first_channel + i]
-            x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
+            x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
             w = weight[o, i]
             col_offset = col_offsets[i]
             first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
             if col_offset == 0:
                 for step in range(count):
-                    y_plane[first_out + step] += w * x_plane[first_in + step]
+                    y_plane[first_out + step] += w * _normalised_value(x_plane[first_in + step],
+                                                                       channel_norm, zero)
             else:
                 for step in range(count):
                     col = columns[first_out + step] + col_offset
                     inside = (col >= 0) & (col < width)
-                    y_plane[first_out + step] += w * (x_plane[first_in + step] if inside else zero)
+                    value = _normalised_value(x_plane[first_in + step], channel_norm, zero)
+                    y_plane[first_out + step] += w * (value if inside else zero)
 
 
 @njit(cache=True, parallel=True)
@@ -241,16 +240,16 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
     out_channels, group_size = weight.shape
     out_height, out_width = y.shape[2], y.shape[3]
     outputs_per_group = out_channels // (channels // group_size)
+    zero = y.dtype.type(0)
     for plane in prange(batch * out_channels):
         n = plane // out_channels
         o = plane % out_channels
         first_channel = (o // outputs_per_group) * group_size
-        scratch = np.empty((height, width) if input_norm[0].size else (0, 0), x.dtype)
         y_plane = y[n, o]
         y_plane[:, :] = 0
         for i in range(group_size):
             channel = input_channels[first_channel + i]
-            x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
+            x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
             w = weight[o, i]
             first_row, first_in_row, rows = valid_range(row_offsets[i], stride,
                                                          height, out_height)
@@ -260,8 +259,8 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
                 row = first_row + row_step
                 in_row = first_in_row + row_step * stride
                 for step in range(cols):
-                    y_plane[row, first_col + step] += \
-                        w * x_plane[in_row, first_in_col + step * stride]
+                    y_plane[row, first_col + step] += w * _normalised_value(
+                        x_plane[in_row, first_in_col + step * stride], channel_norm, zero)
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
@@ -286,14 +285,13 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
     height = plane_size // width
     zero = x.dtype.type(0)
     for n in prange(batch):
-        scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         grad_x[n] = 0
         for o in range(out_channels):
             first_channel = (o // outputs_per_group) * group_size
             grad_y_plane = grad_y[n, o]
             for i in range(group_size):
                 channel = input_channels[first_channel + i]
-                x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
+                x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
                 grad_x_plane = grad_x[n, channel]
                 w = weight[o, i]
                 col_offset = col_offsets[i]
@@ -305,7 +303,8 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
                         col = columns[first_out + step] + col_offset
                         upstream = upstream if (col >= 0) & (col < width) else zero
                     grad_x_plane[first_in + step] += w * upstream
-                    weight_sum += upstream * x_plane[first_in + step]
+                    weight_sum += upstream * _normalised_value(x_plane[first_in + step],
+                                                               channel_norm, zero)
                 grad_weight_per_sample[n, o, i] = weight_sum
             if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
                 for i in range(group_size):
@@ -326,14 +325,13 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
     outputs_per_group = out_channels // (channels // group_size)
     zero = x.dtype.type(0)
     for n in prange(batch):
-        scratch = np.empty((height, width) if input_norm[0].size else (0, 0), x.dtype)
         grad_x[n] = 0
         for o in range(out_channels):
             first_channel = (o // outputs_per_group) * group_size
             grad_y_plane = grad_y[n, o]
             for i in range(group_size):
                 channel = input_channels[first_channel + i]
-                x_plane = _normalised_plane(x[n, channel], channel, input_norm, scratch)
+                x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
                 grad_x_plane = grad_x[n, channel]
                 w = weight[o, i]
                 first_row, first_in_row, rows = valid_range(row_offsets[i], stride,
@@ -348,7 +346,8 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
                         upstream = grad_y_plane[row, first_col + step]
                         in_col = first_in_col + step * stride
                         grad_x_plane[in_row, in_col] += w * upstream
-                        weight_sum += upstream * x_plane[in_row, in_col]
+                        weight_sum += upstream * _normalised_value(x_plane[in_row, in_col],
+                                                                   channel_norm, zero)
                 grad_weight_per_sample[n, o, i] = weight_sum
             if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
                 for i in range(group_size):
