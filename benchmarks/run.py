@@ -21,7 +21,8 @@ Five sections (README.md beside this file explains every column):
 
 Every equivalence check runs in this process, which imports both frameworks; every timing runs
 in a fresh process that imports one framework only (`--worker`), so that Numba's and torch's
-OpenMP thread pools never compete for the cores. Times are `time.perf_counter` medians.
+OpenMP thread pools never compete for the cores, in rounds that alternate the two frameworks
+(full mode: 3). Times are `time.perf_counter` medians over the calls of all rounds.
 minissc is imported before NumPy, so its single-threaded BLAS setting applies.
 """
 from __future__ import annotations
@@ -44,11 +45,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 # Repeats per mode. "first" calls (JIT compile or cache load, oneDNN set-up) are timed apart.
+# Layer and network timings are split over `rounds` rounds, each a fresh process per framework,
+# minissc and torch alternating: the development VM's speed drifts by tens of percent within
+# minutes, and alternating spreads that drift over both sides of every ratio.
 MODES = {
     "quick": dict(layer_repeats=3, reference_repeats=1, torch_dense=False, train_steps=2,
-                  infer_steps=2, memory_steps=2, warm_starts=2),
-    "full": dict(layer_repeats=10, reference_repeats=3, torch_dense=True, train_steps=10,
-                 infer_steps=10, memory_steps=3, warm_starts=3),
+                  infer_steps=2, memory_steps=2, warm_starts=2, rounds=1),
+    "full": dict(layer_repeats=12, reference_repeats=3, torch_dense=True, train_steps=12,
+                 infer_steps=12, memory_steps=3, warm_starts=3, rounds=3),
 }
 LAYER_MODELS = [("sscresnet20", {"r": 1}), ("shiftresnet20", {"e": 3})]
 NETWORK_MODELS = [("resnet20", {}), ("shiftresnet20", {"e": 3}), ("shiftresnet20", {"e": 9}),
@@ -471,6 +475,8 @@ def time_layers(framework: str, specs: list[dict], config: dict, torch=None) -> 
         x, weight, upstream = _layer_arrays(spec, seed=index)
         timing = {}
         for name, run in layer_runs(framework, spec, x, weight, config, torch).items():
+            if name == "reference" and not config.get("time_reference", True):
+                continue
             first = _first_call(*run, upstream)
             if name == "reference":
                 # a NumPy twin has no warm-up: its first call is one of the timed repeats
@@ -498,14 +504,51 @@ def worker_layers(args) -> list[dict]:
     return time_layers(task["framework"], task["specs"], task["config"], torch)
 
 
+def round_configs(config: dict) -> list[dict]:
+    """The config of each timing round: the repeats split over config["rounds"] rounds (at
+    least one each); the NumPy twins are timed in the first round only."""
+    rounds = config["rounds"]
+    split = {key: -(-config[key] // rounds)
+             for key in ("layer_repeats", "train_steps", "infer_steps")}
+    return [dict(config, **split, time_reference=index == 0) for index in range(rounds)]
+
+
+def alternate_workers(name: str, frameworks: list[str], config: dict, threads: int,
+                      task: dict) -> dict:
+    """{framework: [result of each round]}: run the worker once per round and framework, in
+    fresh processes, the frameworks alternating within every round."""
+    results = {framework: [] for framework in frameworks}
+    for index, round_config in enumerate(round_configs(config)):
+        for framework in frameworks:
+            log(f"  timing {framework} (fresh process, round {index + 1}/{config['rounds']})")
+            results[framework].append(run_worker(name, threads, config["batch"], task=dict(
+                task, framework=framework, config=round_config)))
+    return results
+
+
+def merge_layer_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One timing per layer and implementation from several rounds: all their calls pooled,
+    medians over the pool, the first call of the first round."""
+    merged = []
+    for per_round in zip(*rounds):
+        layer = {}
+        for name, first in per_round[0].items():
+            parts = [timing[name] for timing in per_round if name in timing]
+            layer[name] = _timing([t for part in parts for t in part["forward_s"]],
+                                  [t for part in parts for t in part["backward_s"]],
+                                  first.get("first_call_s"))
+        merged.append(layer)
+    return merged
+
+
 def bench_layers(specs: list[dict], torch, config: dict, threads: int) -> list[dict]:
-    """Check every layer here, then time each framework in a fresh process of its own."""
+    """Check every layer here, then time each framework in fresh processes of its own,
+    alternating rounds (`alternate_workers`)."""
     checks = check_layers(specs, torch, config)
-    timings = {}
-    for framework in ["minissc"] + (["torch"] if torch is not None else []):
-        log(f"  timing {framework} (fresh process)")
-        timings[framework] = run_worker("layers", threads, config["batch"], task=dict(
-            framework=framework, specs=specs, config=config))
+    frameworks = ["minissc"] + (["torch"] if torch is not None else [])
+    timings = {framework: merge_layer_rounds(rounds) for framework, rounds in
+               alternate_workers("layers", frameworks, config, threads,
+                                 dict(specs=specs)).items()}
     results = []
     for index, spec in enumerate(specs):
         result = {key: spec[key] for key in ("label", "kind", "input_shape", "output_shape",
@@ -713,6 +756,19 @@ def time_steps(train_step, infer_step, batch: int, config: dict) -> dict:
     return result
 
 
+def merge_step_rounds(per_round, batch: int) -> dict:
+    """`time_steps` results of several rounds as one: the steps pooled, medians over the
+    pool, the first step of the first round."""
+    result = {}
+    for kind in ("train", "infer"):
+        steps = [t for timing in per_round for t in timing[f"{kind}_step_s"]]
+        result[f"{kind}_first_step_s"] = per_round[0][f"{kind}_first_step_s"]
+        result[f"{kind}_step_s"] = steps
+        result[f"{kind}_median_s"] = median(steps)
+        result[f"{kind}_images_per_s"] = batch / median(steps)
+    return result
+
+
 def worker_networks(args) -> list[dict]:
     """Time every model of the task in this process, one framework, with the weights the
     equivalence check used (a minissc state_dict saved as .npz)."""
@@ -741,7 +797,8 @@ def worker_networks(args) -> list[dict]:
 
 
 def bench_networks(torch, config: dict, batch: int, threads: int) -> list[dict]:
-    """Check each model against its twin here, then time each framework in a fresh process."""
+    """Check each model against its twin here, then time each framework in fresh processes,
+    alternating rounds (`alternate_workers`)."""
     import numpy as np
     results, models = [], []
     folder = Path(tempfile.mkdtemp(prefix="minissc-benchmark-"))
@@ -758,12 +815,11 @@ def bench_networks(torch, config: dict, batch: int, threads: int) -> list[dict]:
             np.savez(state_path, **model.state_dict())
             models.append((name, options, str(state_path)))
             results.append(result)
-        for framework in ["minissc"] + (["torch"] if torch is not None else []):
-            log(f"  timing {framework} (fresh process)")
-            timings = run_worker("networks", threads, batch, task=dict(
-                framework=framework, models=models, config=config))
-            for result, timing in zip(results, timings):
-                result[framework] = timing
+        frameworks = ["minissc"] + (["torch"] if torch is not None else [])
+        rounds = alternate_workers("networks", frameworks, config, threads, dict(models=models))
+        for framework, framework_rounds in rounds.items():
+            for result, per_round in zip(results, zip(*framework_rounds)):
+                result[framework] = merge_step_rounds(per_round, batch)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if torch is not None:
@@ -986,6 +1042,15 @@ def evaluate_targets(results: dict) -> list[dict]:
     return targets
 
 
+def _pooled(config: dict, key: str) -> str:
+    """How many calls a median pools: "12 (3 rounds of 4)", or "3" with one round."""
+    rounds = config.get("rounds", 1)
+    per_round = -(-config[key] // rounds)
+    if rounds == 1:
+        return str(per_round)
+    return f"{per_round * rounds} ({rounds} alternating rounds of {per_round})"
+
+
 def _ms(seconds) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.1f}"
 
@@ -1012,7 +1077,7 @@ def format_report(results: dict) -> str:
             + f"; load average at end {meta.get('load_average_at_end', [0])[0]:.2f}")
 
     if results.get("layers"):
-        lines += ["", f"1. Layers: median ms over {config['layer_repeats']} calls "
+        lines += ["", f"1. Layers: median ms over {_pooled(config, 'layer_repeats')} calls "
                       f"(NumPy twin: {config['reference_repeats']}); speedup = torch time / "
                       f"minissc time, forward + backward",
                   f"{'layer':32} {'uses':>4} {'minissc fwd':>11} {'bwd':>8} {'1st call':>9} "
@@ -1043,8 +1108,9 @@ def format_report(results: dict) -> str:
                              f"{_ratio(speedup):>8}")
 
     if results.get("networks"):
-        lines += ["", f"2. Networks: images/s, median of {config['train_steps']} training steps "
-                      f"(forward + backward + SGD) and {config['infer_steps']} inference steps "
+        lines += ["", f"2. Networks: images/s, median of {_pooled(config, 'train_steps')} "
+                      f"training steps (forward + backward + SGD) and "
+                      f"{_pooled(config, 'infer_steps')} inference steps "
                       f"(eval, no_grad); first = the first step's seconds",
                   f"{'model':18} {'minissc train':>13} {'first':>7} {'torch train':>11} "
                   f"{'first':>7} {'speedup':>8} {'minissc infer':>13} {'torch infer':>11} "
