@@ -81,9 +81,13 @@ def conv2d_backward(x, weight, grad_y, stride, padding, groups):
         columns = _group_columns(_im2col(x[images], kh, kw, stride, padding, out_h, out_w), groups)
         images_in_chunk = columns.shape[0]
         grad_y_groups = grad_y[images].reshape(images_in_chunk, groups, -1, out_h * out_w)
-        grad_columns = weight_groups_transposed @ grad_y_groups
-        _col2im(grad_columns.reshape(images_in_chunk, channels, kh, kw, out_h, out_w), stride,
-                padding, grad_x[images])
+        if kh == kw == 1 and padding == 0 and stride == 1:  # columns = x: grad_x = grad_cols
+            np.matmul(weight_groups_transposed, grad_y_groups,
+                      out=grad_x[images].reshape(images_in_chunk, groups, -1, out_h * out_w))
+        else:
+            grad_columns = weight_groups_transposed @ grad_y_groups
+            _col2im(grad_columns.reshape(images_in_chunk, channels, kh, kw, out_h, out_w),
+                    stride, padding, grad_x[images])
         return (grad_y_groups @ columns.transpose(0, 1, 3, 2)).sum(axis=0)
 
     grad_weight = np.zeros((groups, weight.shape[0] // groups, weight[0].size), x.dtype)
