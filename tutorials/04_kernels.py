@@ -42,7 +42,7 @@ import numpy as np
 
 import minissc.functional as F
 from minissc import Tensor, models, reference
-from minissc.kernels import dense, ssc
+from minissc.kernels import dense, plane_columns, ssc
 from minissc.summary import summarize
 
 from tutorial_setup import FIGURES, QUICK, save  # noqa: E402 (shared setup)
@@ -223,7 +223,7 @@ fresh_kernel = numba.njit(parallel=True)(ssc._shift_kernel.py_func)
 dy, dx = ssc.shift_offsets(18, k, group_size)
 start = time.perf_counter()
 flat_x = tiny_x.reshape(1, 18, 64)  # the kernel takes flat planes
-fresh_kernel(flat_x, dy, dx, 8, np.zeros_like(flat_x))
+fresh_kernel(flat_x, dy, dx, 8, plane_columns(8, 8), np.zeros_like(flat_x))
 print(f"JIT compile of the shift kernel: {time.perf_counter() - start:.2f} s "
       f"(paid once per process when there is no cache)")
 

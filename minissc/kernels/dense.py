@@ -37,7 +37,8 @@ import numba
 import numpy as np
 from numba import njit
 
-from minissc.kernels import copy_shifted_plane, flat_run, planes, valid_range, zero_wrapped_columns
+from minissc.kernels import (copy_shifted_plane, flat_run, plane_columns, planes, valid_range,
+                             zero_wrapped_columns)
 
 IMAGES_PER_CHUNK = 16
 _pools = {}
@@ -127,7 +128,7 @@ def _im2col(x, kh, kw, stride, padding, out_h, out_w):
         return x[:, :, None, None, ::stride, ::stride]
     batch, channels, height, width = x.shape
     columns = np.empty((batch, channels, kh, kw, out_h, out_w), x.dtype)
-    _im2col_kernel(planes(x), width, stride, padding, out_w,
+    _im2col_kernel(planes(x), width, plane_columns(width, height), stride, padding, out_w,
                    columns.reshape(batch, channels, kh, kw, out_h * out_w))
     return columns
 
@@ -144,9 +145,10 @@ def _col2im(grad_columns, stride, padding, grad_x):
 
 
 @njit(cache=True, nogil=True)
-def _im2col_kernel(x, width, stride, padding, out_w, columns):
+def _im2col_kernel(x, width, column_index, stride, padding, out_w, columns):
     """columns[n, c, i, j, Y, X] = x[n, c, Y*s + i - p, X*s + j - p], 0 where that is outside x;
-    planes flat: x (N, C, H * W), columns (N, C, kh, kw, Ho * Wo).
+    planes flat: x (N, C, H * W), columns (N, C, kh, kw, Ho * Wo); column_index[k] is the
+    column of flat position k of a plane of x (`plane_columns`).
 
     Every column entry is written once, with no padded copy of x. When the output has x's
     size (stride 1, padding (k - 1) / 2) each column plane (i, j) is x's plane shifted by
@@ -165,7 +167,8 @@ def _im2col_kernel(x, width, stride, padding, out_w, columns):
                 for j in range(kw):
                     column = columns[n, c, i, j]
                     if same_size:
-                        copy_shifted_plane(x_plane, i - padding, j - padding, width, column)
+                        copy_shifted_plane(x_plane, i - padding, j - padding, width, column_index,
+                                           column)
                         continue
                     first_col, first_in_col, cols = valid_range(j - padding, stride, width,
                                                                 out_w)

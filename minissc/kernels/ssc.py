@@ -27,7 +27,7 @@ Each compute function has a plain NumPy twin `<name>_reference` that reads like 
 import numpy as np
 from numba import njit, prange
 
-from minissc.kernels import copy_shifted_plane, flat_run, planes, valid_range
+from minissc.kernels import copy_shifted_plane, flat_run, plane_columns, planes, valid_range
 from minissc.kernels.norm import _normalised
 
 
@@ -51,21 +51,21 @@ def output_size(size, stride):
 # ----------------------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
-def _shift_kernel(x, row_offsets, col_offsets, width, out):
+def _shift_kernel(x, row_offsets, col_offsets, width, columns, out):
     """out[n, c, y, x] = x[n, c, y + row_offsets[c], x + col_offsets[c]] inside the image, else 0;
     planes flat (N, C, H * W), each one flat copy (`copy_shifted_plane`)."""
     batch, channels = x.shape[:2]
     for plane in prange(batch * channels):
         n = plane // channels
         c = plane % channels
-        copy_shifted_plane(x[n, c], row_offsets[c], col_offsets[c], width, out[n, c])
+        copy_shifted_plane(x[n, c], row_offsets[c], col_offsets[c], width, columns, out[n, c])
 
 
 def shift_forward(x, kernel_size, group_size):
     """Shift every channel j of x by its offset: out[n, j, y, x] = x[n, j, y + dy_j, x + dx_j]."""
     dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
     out = np.empty_like(x)
-    _shift_kernel(planes(x), dy, dx, x.shape[3], planes(out))
+    _shift_kernel(planes(x), dy, dx, x.shape[3], plane_columns(x.shape[3], x.shape[2]), planes(out))
     return out
 
 
@@ -79,7 +79,8 @@ def shift_backward(grad_out, kernel_size, group_size):
     """
     dy, dx = shift_offsets(grad_out.shape[1], kernel_size, group_size)
     grad_x = np.empty_like(grad_out)
-    _shift_kernel(planes(grad_out), -dy, -dx, grad_out.shape[3], planes(grad_x))
+    _shift_kernel(planes(grad_out), -dy, -dx, grad_out.shape[3],
+                  plane_columns(grad_out.shape[3], grad_out.shape[2]), planes(grad_x))
     return grad_x
 
 
@@ -106,11 +107,6 @@ def shift_backward(grad_out, kernel_size, group_size):
 # one output per group (the second SSC layers) the copy cost more than it saved (a one-off
 # timing: 13 -> 18 ms at 144->16 32x32). Two or three outputs per group were not measured;
 # the threshold of 4 lies between what was.
-
-
-def _columns(width, height):
-    """col of every flat position k = row * width + col of a plane, as int32."""
-    return np.arange(height * width, dtype=np.int32) % np.int32(width)
 
 
 @njit(cache=True)
@@ -357,13 +353,13 @@ def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride
 
 
 @njit(cache=True)
-def _shift_group(x_sample, channels, row_offsets, col_offsets, input_norm, width, scratch,
-                 shifted):
+def _shift_group(x_sample, channels, row_offsets, col_offsets, input_norm, width, columns,
+                 scratch, shifted):
     """shifted[i] = plane channels[i] of x_sample (C, H * W) (normalised, with an input norm),
     shifted by (dy_i, dx_i), 0 outside."""
     for i in range(len(channels)):
         plane = _normalised_plane(x_sample[channels[i]], channels[i], input_norm, scratch)
-        copy_shifted_plane(plane, row_offsets[i], col_offsets[i], width, shifted[i])
+        copy_shifted_plane(plane, row_offsets[i], col_offsets[i], width, columns, shifted[i])
 
 
 @njit(cache=True)
@@ -375,7 +371,7 @@ def _weight_or_zero(weight, o, i, stop):
 
 @njit(cache=True, parallel=True)
 def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, input_norm, width,
-                          y):
+                          columns, y):
     """Stride 1, planes flat, for groups with several outputs: the same sums as
     `_flat_forward_kernel`, with the shift done once per group instead of once per output.
 
@@ -404,7 +400,7 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
         scratch = np.empty(plane_size if input_norm[0].size else 0, x.dtype)
         for g in range(groups):
             _shift_group(x[n], input_channels[g * group_size:(g + 1) * group_size],
-                         row_offsets, col_offsets, input_norm, width, scratch, shifted)
+                         row_offsets, col_offsets, input_norm, width, columns, scratch, shifted)
             for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
                 y_plane = y[n, o]
                 w0, w1, w2 = weight[o, 0], _weight_or_zero(weight, o, 1, out_channels), \
@@ -583,10 +579,10 @@ def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuf
     input_norm = input_norm or _no_input_norm(x.dtype)
     if stride == 1 and _shift_once_per_group(x, weight):
         _group_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels,
-                              input_norm, width, planes(y))
+                              input_norm, width, plane_columns(width, height), planes(y))
     elif stride == 1:
         _flat_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels,
-                             input_norm, width, _columns(width, height), planes(y))
+                             input_norm, width, plane_columns(width, height), planes(y))
     else:
         _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels,
                                 input_norm, y)
@@ -605,11 +601,11 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     kernel_input_norm = input_norm or _no_input_norm(x.dtype)
     if stride == 1 and _shift_once_per_group(x, weight):
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                               input_channels, kernel_input_norm, width, _columns(width, height),
+                               input_channels, kernel_input_norm, width, plane_columns(width, height),
                                planes(grad_x), grad_weight_per_sample, norm_sums)
     elif stride == 1:
         _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                              input_channels, kernel_input_norm, width, _columns(width, height),
+                              input_channels, kernel_input_norm, width, plane_columns(width, height),
                               planes(grad_x), grad_weight_per_sample, norm_sums)
     else:
         _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
