@@ -85,6 +85,51 @@ def test_second_backward_with_retain_graph_accumulates():
     np.testing.assert_array_equal(a.grad, 2 * 2 * a.data)
 
 
+def test_a_leaf_keeps_a_fresh_gradient_without_copying_it(monkeypatch):
+    """The gradient a backward has just computed becomes the leaf's .grad itself. (Its id is
+    recorded, not the array: a reference kept here would rightly make backward copy it. A
+    copy is made while the original is alive, so it cannot reuse the original's id.)"""
+    returned = []
+    original = ssc_kernels.ssc_backward
+
+    def recording(*args, **kwargs):
+        grads = original(*args, **kwargs)
+        returned.append(id(grads[0]))
+        return grads
+
+    monkeypatch.setattr(ssc_kernels, "ssc_backward", recording)
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 9, 4, 4)), requires_grad=True)
+    weight = Tensor(np.ones((9, 9)))
+    F.ssc_conv2d(x, weight, 3).backward(np.ones((2, 9, 4, 4)))
+    assert id(x.grad) == returned[0]
+
+
+def test_leaf_grads_never_share_memory_with_other_arrays():
+    """Where the gradient array can be reached otherwise, the leaf gets a copy: the caller's
+    array given to backward, one array handed to two inputs (Add's backward), a view, and an
+    array a retained graph still saves."""
+    upstream = np.ones(3)
+    a = leaf([1.0, 2.0, 3.0])
+    a.backward(upstream)  # the root is the leaf: upstream itself reaches it
+    assert not np.shares_memory(a.grad, upstream)
+
+    b, c = leaf([1.0, 2.0, 3.0]), leaf([4.0, 5.0, 6.0])
+    (b + c).backward(upstream)
+    assert not np.shares_memory(b.grad, c.grad) and not np.shares_memory(b.grad, upstream)
+
+    d = leaf([[1.0, 2.0], [3.0, 4.0]])
+    d.reshape((4,)).backward(np.arange(4.0))  # Reshape's backward returns a view
+    assert d.grad.flags.owndata
+    d.grad += 1  # an optimiser updating .grad in place touches nothing else
+    np.testing.assert_array_equal(d.grad, [[1.0, 2.0], [3.0, 4.0]])
+
+    e = leaf([1.0, -2.0])
+    y = e * e
+    y.backward(np.ones(2), retain_graph=True)
+    y.backward(np.ones(2))
+    np.testing.assert_array_equal(e.grad, 4 * e.data)
+
+
 def test_leaf_grads_accumulate_over_separate_passes_until_reset():
     a = leaf([3.0])
     (a * 2.0).sum().backward()
