@@ -32,9 +32,13 @@ def _describe(name, arrays, params):
     """'SSCConv2d 128x144x32x32 (144, 9) stride=1': the op, its inputs' shapes, scalar params."""
     shapes = [("x".join(map(str, a.shape)) if i == 0 else str(tuple(a.shape)))
               for i, a in enumerate(arrays) if hasattr(a, "shape")]
-    scalars = [f"{k}={v}" for k, v in sorted(params.items())
-               if isinstance(v, (int, float, str, tuple)) and not isinstance(v, bool)]
+    scalars = [f"{k}={v}" for k, v in sorted(params.items()) if _is_scalar(v)
+               or isinstance(v, tuple) and all(map(_is_scalar, v))]
     return " ".join([name] + shapes[:2] + scalars)
+
+
+def _is_scalar(value):
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
 def install_timers(seconds, calls):

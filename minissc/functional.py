@@ -341,6 +341,59 @@ class BatchNormReLUSSCConv2d(Function):
         return grad_x, grad_weight, grad_bn_weight, grad_bn_bias
 
 
+class BatchNormReLUSSCPair(Function):
+    """y = SSC2(a2), a2 = relu(bn2(SSC1(a1))), a1 = relu(bn1(x)): two `BatchNormReLUSSCConv2d`
+    in one Function, so that the second batch norm's backward is folded as well as its
+    forward.
+
+    Forward: exactly the two ops' forwards (y1 = SSC1(a1) is kept for the backward, as the
+    second op keeps its input). Backward, by the chain rule from the top:
+      (da2, dW2, the sums of bn2) = SSC2's backward at a2, as in the second op;
+      dy1 = bn2 + ReLU's grad_x for the upstream da2: in the second op a pass of its own that
+        writes dy1 to memory, for SSC1's backward to read it back. Here SSC1's backward kernel
+        computes it from da2 and y1 group by group as it reads it (``output_norm`` in
+        `minissc.kernels.ssc.ssc_backward`), with the same rounding;
+      (da1, dW1, the sums of bn1), then dx = bn1 + ReLU's grad_x, as in the first op.
+    Same values and gradients as the two ops, to the bit (tested), and the same running
+    statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias, norm1,
+                norm2, training, kernel_size, stride, shuffle_groups):
+        """norm1, norm2: (running_mean, running_var, momentum, eps) of each batch norm."""
+        x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias = (
+            np.ascontiguousarray(a)
+            for a in (x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias))
+        mean1, inv_std1 = _normalisation(x, *norm1[:2], training, *norm1[2:])
+        input_norm1 = (mean1, inv_std1 * bn1_weight, bn1_bias)
+        y1 = ssc_kernels.ssc_forward(x, weight1, kernel_size, 1, input_norm=input_norm1)
+        mean2, inv_std2 = _normalisation(y1, *norm2[:2], training, *norm2[2:])
+        input_norm2 = (mean2, inv_std2 * bn2_weight, bn2_bias)
+        ctx.training, ctx.input_norms = training, (input_norm1, input_norm2)
+        ctx.layers = (kernel_size, 1, 1), (kernel_size, stride, shuffle_groups)
+        ctx.save_for_backward(x, weight1, bn1_weight, inv_std1, y1, weight2, bn2_weight,
+                              inv_std2)
+        return ssc_kernels.ssc_forward(y1, weight2, *ctx.layers[1], input_norm=input_norm2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight1, bn1_weight, inv_std1, y1, weight2, bn2_weight, inv_std2 = ctx.saved_arrays
+        (mean1, _, bn1_bias), (mean2, _, bn2_bias) = input_norm1, input_norm2 = ctx.input_norms
+        layer1, layer2 = ctx.layers
+        grad_a2, grad_weight2, *sums2 = ssc_kernels.ssc_backward(
+            y1, weight2, np.ascontiguousarray(grad_out), *layer2, input_norm=input_norm2)
+        output_norm = (y1, mean2, inv_std2, bn2_weight, bn2_bias, *sums2, ctx.training)
+        grad_a1, grad_weight1, *sums1 = ssc_kernels.ssc_backward(
+            x, weight1, grad_a2, *layer1, input_norm=input_norm1, output_norm=output_norm)
+        grad_x, grad_bn1_weight, grad_bn1_bias = norm_kernels.batch_norm_relu_input_grad(
+            grad_a1, x, mean1, inv_std1, bn1_weight, bn1_bias, *sums1, ctx.training)
+        grad_bn2_weight, grad_bn2_bias = norm_kernels.parameter_grads(*sums2, inv_std2,
+                                                                      bn2_weight.dtype)
+        return (grad_x, grad_weight1, grad_bn1_weight, grad_bn1_bias, grad_weight2,
+                grad_bn2_weight, grad_bn2_bias)
+
+
 class ReLU(Function):
     """y = max(x, 0); dx = dy where y > 0, else 0 (the subgradient 0 at x = 0)."""
 
@@ -389,6 +442,45 @@ def batch_norm_relu_ssc_conv2d(x, bn_weight, bn_bias, running_mean, running_var,
                                                         running_var, training, momentum, eps)
     x, weight, layer = _ssc_arguments(x, weight, kernel_size, stride, shuffle_groups)
     return BatchNormReLUSSCConv2d.apply(x, weight, bn_weight, bn_bias, **norm, **layer)
+
+
+def batch_norm_relu_ssc_pair(x, norm1, weight1, norm2, weight2, kernel_size: int = 3,
+                             stride: int = 1, *, shuffle_groups: int = 1,
+                             training: bool = True) -> Tensor:
+    """Two folded SSC layers in one op, the first stride 1 without shuffle:
+
+        y1 = batch_norm_relu_ssc_conv2d(x, *norm1[:4], weight1, kernel_size, 1, ...)
+        y = batch_norm_relu_ssc_conv2d(y1, *norm2[:4], weight2, kernel_size, stride,
+                                       shuffle_groups=shuffle_groups, ...)
+
+    where norm1 and norm2 are (bn_weight, bn_bias, running_mean, running_var, momentum, eps)
+    of the batch norm in front of each layer (bn_weight/bn_bias may be None: 1/0). Same values,
+    gradients and running statistics as the two calls; the backward folds the second batch
+    norm's grad_x pass into the first layer's kernel (see `BatchNormReLUSSCPair`)."""
+    (bn1_weight, bn1_bias, *running1, momentum1, eps1), \
+        (bn2_weight, bn2_bias, *running2, momentum2, eps2) = _norm_tuple(norm1, "norm1"), \
+        _norm_tuple(norm2, "norm2")
+    x, bn1_weight, bn1_bias, settings1 = _batch_norm_arguments(
+        x, bn1_weight, bn1_bias, *running1, training, momentum1, eps1)
+    x, weight1, layer1 = _ssc_arguments(x, weight1, kernel_size, 1, 1)
+    middle = np.broadcast_to(np.zeros((), x.dtype), (x.shape[0], weight1.shape[0])
+                             + tuple(x.shape[2:]))  # stands for y1 in the checks
+    _, bn2_weight, bn2_bias, settings2 = _batch_norm_arguments(
+        middle, bn2_weight, bn2_bias, *running2, training, momentum2, eps2)
+    _, weight2, layer2 = _ssc_arguments(middle, weight2, kernel_size, stride, shuffle_groups)
+    norms = [tuple(settings[key] for key in ("running_mean", "running_var", "momentum", "eps"))
+             for settings in (settings1, settings2)]
+    return BatchNormReLUSSCPair.apply(x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight,
+                                      bn2_bias, norm1=norms[0], norm2=norms[1],
+                                      training=bool(training), **dict(layer2))
+
+
+def _norm_tuple(norm, name):
+    if not isinstance(norm, (tuple, list)) or len(norm) != 6:
+        raise TypeError(f"{name} must be (bn_weight, bn_bias, running_mean, running_var, "
+                        f"momentum, eps), got {type(norm).__name__} of length "
+                        f"{len(norm) if isinstance(norm, (tuple, list)) else '-'}")
+    return norm
 
 
 def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,

@@ -30,7 +30,7 @@ import inspect
 
 from minissc.checks import check_int
 from minissc.nn import (BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Linear, Module,
-                        ReLU, Sequential, Shift, SSCConv2d)
+                        ReLU, Sequential, Shift, SSCConv2d, ssc_pair)
 
 SHIFT_EXPANSIONS = (1, 3, 6, 9)  # the expansions Shift-Net reports on CIFAR [paper]
 SSC_RATIOS = (1, 2, 4)  # outputs per SSC2 group that divide every width 16/32/64 [recon]
@@ -107,7 +107,9 @@ class SSCBlock(Module):
     pure permutation, so SSC2 performs it while reading its input (``shuffle_groups``):
     the same function without a shuffled copy of the widest tensor of the block. Likewise each
     SSC layer applies the BN + ReLU in front of it as it reads its input (``input_norm``), so
-    the two widest activations of the block are never stored.
+    the two widest activations of the block are never stored, and in training the two SSC
+    layers run as one op (`minissc.nn.ssc_pair`), whose backward folds the second BN's into
+    SSC1's kernel.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, r: int = 1):
@@ -127,8 +129,9 @@ class SSCBlock(Module):
         self.relu = ReLU()
 
     def forward(self, x):
-        out = self.ssc1(self.conv1(x), input_norm=self.bn1)  # bn1, bn2: BN + ReLU, applied
-        out = self.ssc2(out, input_norm=self.bn2)  # as ssc1 / ssc2 read; ssc2 also shuffles
+        # ssc2(ssc1(conv1(x), input_norm=bn1), input_norm=bn2): bn1, bn2 (BN + ReLU) applied as
+        # ssc1 / ssc2 read, ssc2 also shuffles, and bn2's backward folded into ssc1's
+        out = ssc_pair(self.conv1(x), self.bn1, self.ssc1, self.bn2, self.ssc2)
         out = self.bn3(out)
         return self.relu(out + _apply_shortcut(self.shortcut, x))
 

@@ -187,6 +187,76 @@ def test_batch_norm_relu_folded_into_ssc_equals_the_two_ops(cfg, seed, training,
         np.testing.assert_array_equal(a, b)
 
 
+def ssc_pair_inputs(cfg, seed, dtype, out_channels):
+    """x, then bn1 (weight, bias), weight1 (C, 9), bn2 (weight, bias), weight2, as tensors:
+    an SSC module's two layers, C -> C and C -> out_channels, G = 9, k = 3."""
+    n, c, h, w = cfg
+    shapes = [(n, c, h, w), (c,), (c,), (c, 9), (c,), (c,), (out_channels, 9)]
+    return [Tensor(arrays(seed + k, shape).astype(dtype), requires_grad=True)
+            for k, shape in enumerate(shapes)]
+
+
+def ssc_pair_call(inputs, stats, layer, training, as_one_op):
+    x, bn1_weight, bn1_bias, weight1, bn2_weight, bn2_bias, weight2 = inputs
+    if as_one_op:
+        return F.batch_norm_relu_ssc_pair(
+            x, (bn1_weight, bn1_bias, *stats[:2], 0.1, 1e-5), weight1,
+            (bn2_weight, bn2_bias, *stats[2:], 0.1, 1e-5), weight2, **layer, training=training)
+    middle = F.batch_norm_relu_ssc_conv2d(x, bn1_weight, bn1_bias, *stats[:2], weight1, 3, 1,
+                                          training=training)
+    return F.batch_norm_relu_ssc_conv2d(middle, bn2_weight, bn2_bias, *stats[2:], weight2,
+                                        **layer, training=training)
+
+
+@settings(max_examples=40)
+@given(groups=st.integers(1, 3), n=st.integers(1, 2), side=st.integers(1, 5), seed=seeds,
+       training=st.booleans(), r=st.sampled_from([1, 2, 9]), stride=st.sampled_from([1, 2]),
+       dtype=st.sampled_from([np.float64, np.float32]))
+def test_ssc_pair_equals_the_two_folded_ops(groups, n, side, seed, training, r, stride, dtype):
+    """batch_norm_relu_ssc_pair against two batch_norm_relu_ssc_conv2d calls: the output, the
+    seven gradients and the four running statistics, to the bit. Its backward folds the
+    second batch norm's grad_x pass into the first layer's kernel, rounded as the pass rounds
+    it; r = 9 also runs the second layer on the group kernels."""
+    c = 9 * groups
+    assume(n * side * side >= 2)
+    layer = dict(kernel_size=3, stride=stride, shuffle_groups=groups)
+    results = []
+    for as_one_op in (True, False):
+        inputs = ssc_pair_inputs((n, c, side, side), seed, dtype, groups * r)
+        stats = [np.zeros(c, dtype), np.ones(c, dtype), np.full(c, 0.5, dtype),
+                 np.full(c, 2.0, dtype)]
+        y = ssc_pair_call(inputs, stats, layer, training, as_one_op)
+        y.backward(arrays(seed + 9, y.shape).astype(dtype))
+        results.append([y.data] + [t.grad for t in inputs] + stats)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=15)
+@given(groups=st.integers(1, 2), side=st.integers(2, 4), seed=seeds, training=st.booleans(),
+       stride=st.sampled_from([1, 2]))
+def test_gradcheck_ssc_pair(groups, side, seed, training, stride):
+    c = 9 * groups
+    inputs = ssc_pair_inputs((2, c, side, side), seed, np.float64, groups)
+    inputs[0] = Tensor(inputs[0].data * 3, requires_grad=True)
+    stats = [np.random.default_rng(seed).standard_normal(c),
+             np.random.default_rng(seed).uniform(0.5, 2.0, c)] * 2
+    layer = dict(kernel_size=3, stride=stride, shuffle_groups=groups)
+    x, bn1_weight, bn1_bias, weight1 = inputs[:4]
+    first = F.batch_norm2d(x, bn1_weight, bn1_bias, *(s.copy() for s in stats[:2]),
+                           training=training)
+    assume(np.abs(first.data).min() > 1e-3)  # away from the first ReLU's kink
+    middle = F.batch_norm_relu_ssc_conv2d(x, bn1_weight, bn1_bias,
+                                          *(s.copy() for s in stats[:2]), weight1, 3, 1,
+                                          training=training)
+    second = F.batch_norm2d(middle, *inputs[4:6], *(s.copy() for s in stats[2:]),
+                            training=training)
+    assume(np.abs(second.data).min() > 1e-3)  # and from the second's
+    assert_gradients_match(
+        lambda *tensors: ssc_pair_call(tensors, [s.copy() for s in stats], layer, training,
+                                       as_one_op=True), *inputs, tolerance=1e-5)
+
+
 @settings(max_examples=25)
 @given(cfg=ssc_configs(max_batch=2, max_side=4), seed=seeds, training=st.booleans())
 def test_gradcheck_batch_norm_relu_ssc(cfg, seed, training):
@@ -319,6 +389,10 @@ BAD_CALLS = [
     ("bn + ssc: bn weight shape", lambda: F.batch_norm_relu_ssc_conv2d(X, np.ones(3, np.float32), None, None, None, W), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
     ("bn + ssc: ssc stride", lambda: F.batch_norm_relu_ssc_conv2d(X, None, None, None, None, W, stride=0), ValueError, r"stride must be >= 1, got 0"),
     ("bn + ssc: eval without statistics", lambda: F.batch_norm_relu_ssc_conv2d(X, None, None, None, None, W, training=False), ValueError, r"eval mode .* needs running_mean"),
+    ("ssc pair: norm not a tuple", lambda: F.batch_norm_relu_ssc_pair(X, None, np.zeros((18, 9), np.float32), (None,) * 4 + (0.1, 1e-5), W), TypeError, r"norm1 must be \(bn_weight, bn_bias, running_mean, running_var, momentum, eps\), got NoneType"),
+    ("ssc pair: short norm", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (None, None), W), TypeError, r"norm2 must be .* got tuple of length 2"),
+    ("ssc pair: bn2 weight shape", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (np.ones(3, np.float32),) + (None,) * 3 + (0.1, 1e-5), W), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
+    ("ssc pair: middle channels", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), W, (None,) * 4 + (0.1, 1e-5), W), ValueError, r"input channels \(4\) must be divisible"),
 ]
 
 

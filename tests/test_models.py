@@ -175,3 +175,42 @@ def test_summarize_restores_the_model_when_the_forward_fails():
         summarize(model, input_shape=(1, 4, 32, 32))  # the stem expects 3 channels
     assert all("forward" not in vars(m) for _, m in model.named_modules())
     assert model.training and model.layer1.training
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_ssc_module_runs_its_two_ssc_layers_as_one_op_with_the_same_results(r, monkeypatch):
+    """A training step of an SSC module through `ssc_pair` (one op for SSC1 and SSC2, the
+    second batch norm's backward folded) gives, to the bit, the outputs, gradients and running
+    statistics of the two separate calls it replaces; under no_grad it makes those calls."""
+    def run_block(pair):
+        monkeypatch.setattr(models, "ssc_pair", pair)
+        manual_seed(0)
+        block = models.SSCBlock(16, 32, stride=2, r=r)
+        x = Tensor(np.random.default_rng(1).standard_normal((2, 16, 6, 6)).astype(np.float32),
+                   requires_grad=True)
+        out = block(x)
+        out.backward(np.random.default_rng(2).standard_normal(out.shape).astype(np.float32))
+        state = block.state_dict()
+        return [out.data, x.grad] + [p.grad for p in block.parameters()] + \
+            [state[key] for key in sorted(state)]
+
+    def two_calls(x, bn1, ssc1, bn2, ssc2):
+        return ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)
+
+    import minissc.functional as F
+    from minissc.nn import ssc_pair
+    one_op, ops = F.batch_norm_relu_ssc_pair, []
+
+    def counting(*args, **kwargs):
+        ops.append(1)
+        return one_op(*args, **kwargs)
+
+    monkeypatch.setattr(F, "batch_norm_relu_ssc_pair", counting)
+    as_one_op = run_block(ssc_pair)
+    assert len(ops) == 1
+    for a, b in zip(as_one_op, run_block(two_calls)):
+        np.testing.assert_array_equal(a, b)
+    block = models.SSCBlock(16, 32, stride=2, r=r).eval()
+    with no_grad():
+        block(Tensor(np.zeros((1, 16, 6, 6), np.float32)))
+    assert len(ops) == 1  # no backward follows: the two calls

@@ -16,8 +16,11 @@ def test_profile_counts_every_op_call_and_removes_its_timers():
     model = profile_step.run.build_minissc("sscresnet20", {"r": 4})
     ssc_layers = sum(isinstance(m, nn.SSCConv2d) for _, m in model.named_modules())
     assert ssc_layers > 0
-    ssc_ops = ("SSCConv2d ", "BatchNormReLUSSCConv2d ")  # the second: BN + ReLU folded in
-    assert sum(n for label, n in calls.items() if label.startswith(ssc_ops)) == ssc_layers
+    # BN + ReLU folded into one SSC layer, or into a pair of them (an SSC module's two)
+    layers_per_op = {"SSCConv2d ": 1, "BatchNormReLUSSCConv2d ": 1, "BatchNormReLUSSCPair ": 2}
+    assert sum(n * layers for label, n in calls.items() for op, layers in layers_per_op.items()
+               if label.startswith(op)) == ssc_layers
+    assert any(label.startswith("BatchNormReLUSSCPair ") for label in calls)
     assert sum(n for label, n in calls.items() if label.startswith("CrossEntropy ")) == 1
     assert all(seconds >= 0 for seconds in op_seconds.values())
     assert {phase for _, phase in op_seconds} == {"forward", "backward"}

@@ -6,7 +6,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minissc import reference
@@ -147,6 +147,38 @@ def test_input_norm_equals_the_kernels_on_the_stored_activation(kernel, config, 
         assert len(grads) == len(twins) == 4  # grad_x, grad_W, the batch norm's two sums
         for actual, expected in zip(grads, twins):
             assert_close(actual, expected, tolerance)
+
+
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@settings(max_examples=100)
+@given(ssc_configs(strides=(1,)), seeds, dtypes, st.booleans(), st.booleans())
+def test_output_norm_equals_the_batch_norm_pass_then_the_kernels(kernel, config, seed, dtype,
+                                                                 training, with_input_norm):
+    """An SSC backward given the gradient with respect to relu(batch_norm(y)) of its output y
+    (output_norm) computes, to the bit, what the batch norm + ReLU's grad_x pass followed by
+    the same backward computes; and it equals its NumPy twin. The group kernels fold the pass
+    into their reads, the flat kernels run it first: both are checked."""
+    with stride_1_kernel(kernel):
+        x, weight, grad_a = ssc_problem(config, seed, dtype)
+        input_norm = input_norm_problem(config["c"], seed + 3, dtype) if with_input_norm else None
+        y = ssc.ssc_forward(x, weight, config["k"], 1, input_norm=input_norm)
+        assume(y.size // y.shape[1] >= 2)
+        mean, var = norm.batch_norm_statistics(y)
+        inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        bn_weight, bn_bias = (arrays(seed + 6 + k, (config["o"],), dtype) for k in range(2))
+        sums = tuple(arrays(seed + 8 + k, (config["o"],)) for k in range(2))
+        output_norm = (y, mean, inv_std, bn_weight, bn_bias, *sums, training)
+        grads = ssc.ssc_backward(x, weight, grad_a, config["k"], 1, input_norm=input_norm,
+                                 output_norm=output_norm)
+        grad_y = norm.batch_norm_relu_input_grad(grad_a, *output_norm)[0]
+        expected = ssc.ssc_backward(x, weight, grad_y, config["k"], 1, input_norm=input_norm)
+        assert len(grads) == len(expected)
+        for actual, wanted in zip(grads, expected):
+            np.testing.assert_array_equal(actual, wanted)
+        twins = ssc.ssc_backward_reference(x, weight, grad_a, config["k"], 1, 1, input_norm,
+                                           output_norm)
+        for actual, wanted in zip(grads, twins):
+            assert_close(actual, wanted, TWIN_TOLERANCE[dtype] * 10)
 
 
 # ----------------------------------------------------------------------------------------------

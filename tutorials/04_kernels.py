@@ -449,6 +449,54 @@ for fused, name in ((False, "BN + ReLU, then SSC"), (True, "BN + ReLU folded int
     print(f"{name:26s} forward + backward: {1000 * statistics.median(times):6.1f} ms (median)")
 
 # %% [markdown]
+# ### Two layers: the next batch norm's backward folded in as well
+#
+# An SSC module chains two such layers: y1 = SSC1(relu(bn1(x))), y = SSC2(relu(bn2(y1))).
+# Going backward, SSC2's kernel gives da2 and bn2's sums, and bn2's grad_x pass then writes
+# dy1 = weight2 * inv_std2 / M * (M g2 - dbias2 - xhat2 * dweight2), g2 = da2 * [a2 > 0],
+# for SSC1's backward to read back: a write and a read of y1's size. But every term of
+# dy1 is known once SSC2's backward is done (da2, y1 and the two sums), so SSC1's backward
+# kernel can compute dy1 itself, for one group of outputs at a time, just before it reads
+# them (``output_norm`` of `ssc.ssc_backward`, the helper `_upstream_block`). It uses the
+# batch norm kernel's own expression (`norm._input_grad`), so dy1 is rounded the same way.
+# `F.batch_norm_relu_ssc_pair` is the two layers as one op with this backward; an SSC
+# module uses it in training (`minissc.nn.ssc_pair`). Against the two ops:
+
+# %%
+pair_weight = (rng.standard_normal((groups, group_size)) / 3).astype(np.float32)
+pair_grad_y = rng.standard_normal((batch, groups, height, width)).astype(np.float32)
+
+
+def ssc_pair(as_one_op):
+    """Forward + backward of BN + ReLU + SSC1 then BN + ReLU + SSC2; all the gradients."""
+    leaves = [Tensor(a, requires_grad=True)
+              for a in (x, bn_weight, bn_bias, weight, bn_weight, bn_bias, pair_weight)]
+    x_in, gamma1, beta1, w1, gamma2, beta2, w2 = leaves
+    stats = [np.zeros(channels, np.float32), np.ones(channels, np.float32)] * 2
+    if as_one_op:
+        y = F.batch_norm_relu_ssc_pair(x_in, (gamma1, beta1, *stats[:2], 0.1, 1e-5), w1,
+                                       (gamma2, beta2, *stats[2:], 0.1, 1e-5), w2, k,
+                                       shuffle_groups=groups)
+    else:
+        y1 = F.batch_norm_relu_ssc_conv2d(x_in, gamma1, beta1, *stats[:2], w1, k)
+        y = F.batch_norm_relu_ssc_conv2d(y1, gamma2, beta2, *stats[2:], w2, k,
+                                         shuffle_groups=groups)
+    y.backward(pair_grad_y)
+    return [y.data] + [leaf.grad for leaf in leaves]
+
+
+results = {as_one_op: ssc_pair(as_one_op) for as_one_op in (True, False)}  # also compiles
+print("one op == the two ops, to the bit:",
+      all(np.array_equal(a, b) for a, b in zip(results[True], results[False])))
+for as_one_op, name in ((False, "two folded SSC ops"), (True, "one op, bn2's backward folded")):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ssc_pair(as_one_op)
+        times.append(time.perf_counter() - start)
+    print(f"{name:30s} forward + backward: {1000 * statistics.median(times):6.1f} ms (median)")
+
+# %% [markdown]
 # ## Summary
 #
 # * The NumPy twin is the specification; the Numba kernel is the same loops, parallel over

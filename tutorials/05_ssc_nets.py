@@ -60,7 +60,10 @@ rng = np.random.default_rng(0)
 # BN followed by ReLU in one pass; each SSC layer applies the BN + ReLU in front of it while
 # reading its input (`block.ssc1(out, input_norm=block.bn1)`), so that activation, the
 # widest tensor of the block, is never stored; and SSC2 performs the channel shuffle while
-# reading its input (`shuffle_groups`), so the shuffled copy is never stored either.
+# reading its input (`shuffle_groups`), so the shuffled copy is never stored either. In
+# training the block runs its two SSC layers as one op (`minissc.nn.ssc_pair`), whose
+# backward also hands SSC2's batch norm gradient to SSC1's kernel, which applies it as it
+# reads (tutorial 4 derives it); the results are the same to the bit.
 
 # %%
 network = models.create("sscresnet20", r=1)

@@ -204,10 +204,16 @@ def batch_norm_relu_input_grad(grad_y, x, mean, inv_std, weight, bias, sum_grad,
     kernel (`minissc.kernels.ssc.ssc_backward` with an input norm), so only the grad_x pass is
     left here: grad_bias = sum_grad, grad_weight = inv_std * sum_grad_centred.
     """
-    grad_bias = sum_grad.astype(weight.dtype)
-    grad_weight = (sum_grad_centred * inv_std).astype(weight.dtype)
+    grad_weight, grad_bias = parameter_grads(sum_grad, sum_grad_centred, inv_std, weight.dtype)
     return _with_input_grad(grad_y, x, mean, inv_std, weight, bias, grad_weight, grad_bias,
                             batch_statistics)
+
+
+def parameter_grads(sum_grad, sum_grad_centred, inv_std, dtype):
+    """(grad_weight, grad_bias) of a batch norm from its float64 sums (see
+    `batch_norm_relu_input_grad`): grad_bias = sum_grad, grad_weight = inv_std *
+    sum_grad_centred, in `dtype`."""
+    return (sum_grad_centred * inv_std).astype(dtype), sum_grad.astype(dtype)
 
 
 def _batch_norm_backward(grad_y, x, mean, inv_std, weight, relu_bias, batch_statistics):
@@ -270,26 +276,49 @@ def _batch_norm_input_grad_kernel(grad_y, x, mean, inv_std, weight, relu_bias, g
                                   grad_bias, batch_statistics, grad_x):
     """grad_x = weight * inv_std * (g - grad_bias / M - xhat * grad_weight / M) in training
     mode, where the two corrections come from the statistics' dependence on x; in eval mode
-    they vanish. (x - mean) * centred_coefficient stands for xhat * grad_weight / M."""
+    they vanish (see `_input_grad`)."""
     batch, channels, plane = x.shape
     count = batch * plane
-    as_dtype = grad_x.dtype.type
-    zero = as_dtype(0)
+    zero = grad_x.dtype.type(0)
     for index in prange(batch * channels):
         n, c = index // channels, index % channels
-        channel_mean = mean[c]
-        scale = inv_std[c] * weight[c]
-        mean_grad = zero
-        centred_coefficient = zero
-        if batch_statistics:
-            mean_grad = as_dtype(grad_bias[c] / count)
-            centred_coefficient = as_dtype(grad_weight[c] * inv_std[c] / count)
+        rule = _input_grad_rule(c, mean, inv_std, weight, grad_weight, grad_bias,
+                                batch_statistics, count)
+        channel_mean, scale = rule[0], rule[1]
         for i in range(plane):
             grad = grad_y[n, c, i]
             if relu_bias is not None:
                 grad = grad if _normalised(x[n, c, i], channel_mean, scale, relu_bias[c]) > 0 else zero
-            grad_x[n, c, i] = scale * (
-                grad - mean_grad - (x[n, c, i] - channel_mean) * centred_coefficient)
+            grad_x[n, c, i] = _input_grad(grad, x[n, c, i], rule)
+
+
+@njit(cache=True)
+def _input_grad_rule(c, mean, inv_std, weight, grad_weight, grad_bias, batch_statistics, count):
+    """(mean_c, scale_c, mean_grad_c, centred_coefficient_c) of channel c for `_input_grad`,
+    in x's dtype (mean's): scale = inv_std * weight, and in training mode mean_grad =
+    grad_bias / M and centred_coefficient = grad_weight * inv_std / M (0 in eval mode)."""
+    as_dtype = mean.dtype.type
+    mean_grad = as_dtype(0)
+    centred_coefficient = as_dtype(0)
+    if batch_statistics:
+        mean_grad = as_dtype(grad_bias[c] / count)
+        centred_coefficient = as_dtype(grad_weight[c] * inv_std[c] / count)
+    return mean[c], inv_std[c] * weight[c], mean_grad, centred_coefficient
+
+
+@njit(cache=True)
+def _input_grad(grad, value, rule):
+    """One entry of the batch norm's grad_x, for upstream `grad` (masked by the ReLU, if any)
+    at input `value`, with `rule` from `_input_grad_rule`:
+
+        scale * (grad - mean_grad - (value - mean) * centred_coefficient),
+
+    where (value - mean) * centred_coefficient stands for xhat * grad_weight / M. A separate
+    function without fastmath, as `_normalised` is, because the SSC group backward computes it
+    too as it reads its upstream gradient (``output_norm`` in `minissc.kernels.ssc`) and must
+    round it as this kernel does."""
+    channel_mean, scale, mean_grad, centred_coefficient = rule
+    return scale * (grad - mean_grad - (value - channel_mean) * centred_coefficient)
 
 
 def batch_norm_backward_reference(grad_y, x, mean, inv_std, weight, batch_statistics):

@@ -28,7 +28,8 @@ import numpy as np
 from numba import njit, prange
 
 from minissc.kernels import copy_shifted_plane, flat_run, plane_columns, planes, valid_range
-from minissc.kernels.norm import _normalised
+from minissc.kernels import norm
+from minissc.kernels.norm import _input_grad, _input_grad_rule, _normalised
 
 
 def shift_offsets(channels, kernel_size, group_size):
@@ -431,9 +432,42 @@ def _store_if_inside(sums, o, stop, value):
         sums[o] = value
 
 
+@njit(cache=True)
+def _upstream_block(grad_y, n, first_output, stop, output_norm, block):
+    """The upstream gradients of outputs first_output ... stop - 1 of sample n, one row each:
+    grad_y[n, first_output:stop] itself, or, with an output norm, `block` filled with them.
+
+    An output norm (y, mean, inv_std, weight, bias, grad_weight, grad_bias, batch_statistics)
+    says that the layer's output y is read by a batch norm + ReLU, a = relu(batch_norm(y)),
+    that grad_y is the gradient with respect to a, and that the batch norm's parameter
+    gradients are known (the next layer's backward summed them). By the chain rule through a,
+    the gradient with respect to y is the batch norm's grad_x (`norm._input_grad`) of
+    grad_y * [a > 0], and it is computed here, group by group, as the rows are about to be
+    read: the batch norm's own grad_x pass would write it to memory and read it back. Without
+    an output norm its arrays are empty. No fastmath, as in `norm._input_grad`: the values
+    are rounded as that pass rounds them.
+    """
+    y, mean, inv_std, weight, bias, grad_weight, grad_bias, batch_statistics = output_norm
+    if mean.size == 0:
+        return grad_y[n, first_output:stop]
+    count = y.shape[0] * y.shape[2]
+    zero = block.dtype.type(0)
+    for j in range(stop - first_output):
+        o = first_output + j
+        rule = _input_grad_rule(o, mean, inv_std, weight, grad_weight, grad_bias,
+                                batch_statistics, count)
+        channel_mean, scale = rule[0], rule[1]
+        grads, values, row = grad_y[n, o], y[n, o], block[j]
+        for k in range(row.size):
+            kept = _normalised(values[k], channel_mean, scale, bias[o]) > 0
+            row[k] = _input_grad(grads[k] if kept else zero, values[k], rule)
+    return block[:stop - first_output]
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels,
-                           input_norm, width, columns, grad_x, grad_weight_per_sample, norm_sums):
+                           input_norm, output_norm, width, columns, grad_x, grad_weight_per_sample,
+                           norm_sums):
     """Gradients of `_group_forward_kernel`, one sample n per parallel iteration.
 
     For each input i of group g and the group's outputs o, with off_i = dy_i W + dx_i:
@@ -468,8 +502,10 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     height = plane_size // width
     zero = x.dtype.type(0)
     for n in prange(batch):
+        block = np.empty((outputs_per_group if output_norm[1].size else 0, plane_size), x.dtype)
         for g in range(groups):
             first_output, stop = g * outputs_per_group, (g + 1) * outputs_per_group
+            upstream = _upstream_block(grad_y, n, first_output, stop, output_norm, block)
             for i in range(group_size):
                 channel = input_channels[g * group_size + i]
                 plane = x[n, channel]
@@ -481,13 +517,12 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                     grad_x_plane[k] = zero
                 for k in range(first_in + count, plane_size):
                     grad_x_plane[k] = zero
-                o, last = first_output, stop - 1  # nine outputs in one pass (see above)
-                grad0, grad1, grad2 = grad_y[n, o], grad_y[n, min(o + 1, last)], \
-                    grad_y[n, min(o + 2, last)]
-                grad3, grad4, grad5 = grad_y[n, min(o + 3, last)], \
-                    grad_y[n, min(o + 4, last)], grad_y[n, min(o + 5, last)]
-                grad6, grad7, grad8 = grad_y[n, min(o + 6, last)], \
-                    grad_y[n, min(o + 7, last)], grad_y[n, min(o + 8, last)]
+                o, last = first_output, stop - first_output - 1  # nine outputs in one pass
+                grad0, grad1, grad2 = upstream[0], upstream[min(1, last)], upstream[min(2, last)]
+                grad3, grad4, grad5 = upstream[min(3, last)], upstream[min(4, last)], \
+                    upstream[min(5, last)]
+                grad6, grad7, grad8 = upstream[min(6, last)], upstream[min(7, last)], \
+                    upstream[min(8, last)]
                 w0, w1, w2 = weight[o, i], _weight_or_zero(weight, o + 1, i, stop), \
                     _weight_or_zero(weight, o + 2, i, stop)
                 w3, w4, w5 = _weight_or_zero(weight, o + 3, i, stop), \
@@ -526,16 +561,16 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                 _store_if_inside(sums, o + 7, stop, sum7)
                 _store_if_inside(sums, o + 8, stop, sum8)
                 for o in range(first_output + 9, stop):  # the outputs past nine, one by one
-                    grad_y_plane, w = grad_y[n, o], weight[o, i]
+                    grad_y_plane, w = upstream[o - first_output], weight[o, i]
                     weight_sum = zero
                     for t in range(count):
                         k = first_out + t
                         col = columns[k] + col_offset
                         inside = (col >= 0) & (col < width)
-                        upstream = grad_y_plane[k] if inside else zero
-                        grad_x_plane[first_in + t] += w * upstream
-                        weight_sum += upstream * _normalised_value(plane[first_in + t],
-                                                                   channel_norm, zero)
+                        grad = grad_y_plane[k] if inside else zero
+                        grad_x_plane[first_in + t] += w * grad
+                        weight_sum += grad * _normalised_value(plane[first_in + t], channel_norm,
+                                                               zero)
                     grad_weight_per_sample[n, o, i] = weight_sum
                 if input_norm[0].size:
                     _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
@@ -589,24 +624,44 @@ def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuf
     return y
 
 
+def _no_output_norm(dtype):
+    """The `output_norm` of a layer whose output gradient is given as it is."""
+    empty = np.empty(0, dtype)
+    return np.empty((0, 0, 0), dtype), empty, empty, empty, empty, empty, empty, False
+
+
 def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, stride,
-                                shuffle_groups=1, input_norm=None):
+                                shuffle_groups=1, input_norm=None, output_norm=None):
     """Run a backward kernel; grad_W sums its float64 per-sample partials in sample order, and
-    so do the input norm's parameter-gradient sums (returned only with an input norm)."""
+    so do the input norm's parameter-gradient sums (returned only with an input norm). An
+    output norm is folded into the group kernel's reads; the other kernels get grad_y through
+    the batch norm's own grad_x pass, the same values."""
     batch, channels, height, width = x.shape
+    group_kernel = stride == 1 and _shift_once_per_group(x, weight)
+    kernel_output_norm = _no_output_norm(x.dtype)
+    if output_norm is not None:
+        y, mean, inv_std, bn_weight, bn_bias, sum_grad, sum_grad_centred, training = output_norm
+        bn_grads = norm.parameter_grads(sum_grad, sum_grad_centred, inv_std, x.dtype)
+        if group_kernel:
+            kernel_output_norm = (planes(y), mean, inv_std, bn_weight, bn_bias) + bn_grads \
+                + (training,)
+        else:
+            grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
     grad_x = np.empty_like(x)
     grad_weight_per_sample = np.empty((batch,) + weight.shape, dtype=np.float64)
     input_channels = shuffled_channels(channels, shuffle_groups)
     norm_sums = np.zeros((batch if input_norm else 0, channels, 2))
     kernel_input_norm = input_norm or _no_input_norm(x.dtype)
-    if stride == 1 and _shift_once_per_group(x, weight):
+    if group_kernel:
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                               input_channels, kernel_input_norm, width, plane_columns(width, height),
-                               planes(grad_x), grad_weight_per_sample, norm_sums)
+                               input_channels, kernel_input_norm, kernel_output_norm, width,
+                               plane_columns(width, height), planes(grad_x),
+                               grad_weight_per_sample, norm_sums)
     elif stride == 1:
         _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                              input_channels, kernel_input_norm, width, plane_columns(width, height),
-                              planes(grad_x), grad_weight_per_sample, norm_sums)
+                              input_channels, kernel_input_norm, width,
+                              plane_columns(width, height), planes(grad_x),
+                              grad_weight_per_sample, norm_sums)
     else:
         _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
                                  input_channels, kernel_input_norm, grad_x,
@@ -654,7 +709,8 @@ def ssc_forward(x, weight, kernel_size, stride, shuffle_groups=1, input_norm=Non
     return _shifted_pointwise_forward(x, weight, dy, dx, stride, shuffle_groups, input_norm)
 
 
-def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1, input_norm=None):
+def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1, input_norm=None,
+                 output_norm=None):
     """Gradients (grad_x, grad_weight) of `ssc_forward`, fused, without a shifted copy of x.
 
     With z = shift(x) and y = group_pointwise(z):
@@ -673,11 +729,19 @@ def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1, input
         sum_grad = sum_{n,y,x} g,    sum_grad_centred = sum_{n,y,x} g * (x - mean),
     computed as each grad_a plane is finished, in cache. The caller chains the batch norm +
     ReLU's backward from them (`minissc.kernels.norm.batch_norm_relu_input_grad`) to reach x.
+
+    With output_norm = (y, mean, inv_std, weight, bias, sum_grad, sum_grad_centred,
+    batch_statistics), the arguments of `batch_norm_relu_input_grad` but for its upstream,
+    the layer's output y (this call's forward result) is read by a batch norm + ReLU whose
+    backward has not run yet: grad_y is the gradient with respect to relu(batch_norm(y)), and
+    the gradient with respect to y that the sums above need is that batch norm's grad_x. The
+    group kernels compute it group by group as they read it, instead of a separate pass that
+    writes it to memory and reads it back (the same values, rounded the same way).
     """
     group_size = weight.shape[1]
     dy, dx = shift_offsets(group_size, kernel_size, group_size)
     return _shifted_pointwise_backward(x, weight, grad_y, dy, dx, stride, shuffle_groups,
-                                       input_norm)
+                                       input_norm, output_norm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -756,12 +820,14 @@ def ssc_forward_reference(x, weight, kernel_size, stride, shuffle_groups=1, inpu
 
 
 def ssc_backward_reference(x, weight, grad_y, kernel_size, stride, shuffle_groups=1,
-                           input_norm=None):
+                           input_norm=None, output_norm=None):
     """NumPy twin of `ssc_backward`: group point-wise backward on shift(x), the inverse shift,
     then the inverse channel shuffle (the shuffle with C / shuffle_groups groups); with an
     input norm, x normalised first, the gradient with respect to the normalised x, and the
-    batch norm's two parameter-gradient sums."""
+    batch norm's two parameter-gradient sums; with an output norm, grad_y taken through that
+    batch norm + ReLU's backward first."""
     group_size = weight.shape[1]
+    grad_y = _through_output_norm_reference(grad_y, output_norm)
     activation = _normalised_reference(x, input_norm)
     shuffled = channel_shuffle(activation, shuffle_groups)
     shifted = shift_forward_reference(shuffled, kernel_size, group_size)
@@ -774,3 +840,22 @@ def ssc_backward_reference(x, weight, grad_y, kernel_size, stride, shuffle_group
     centred = x - input_norm[0][:, None, None]
     return (grad_x, grad_weight, kept_grad.sum(axis=(0, 2, 3), dtype=np.float64),
             (kept_grad * centred).sum(axis=(0, 2, 3), dtype=np.float64))
+
+
+def _through_output_norm_reference(grad_y, output_norm):
+    """The gradient with respect to the layer's output y, from grad_y, the gradient with
+    respect to relu(batch_norm(y)), with the batch norm's parameter-gradient sums given
+    (output_norm, see `ssc_backward`): the batch norm's backward formula on g = grad_y [a > 0]."""
+    if output_norm is None:
+        return grad_y
+    y, mean, inv_std, weight, bias, sum_grad, sum_grad_centred, batch_statistics = output_norm
+    kept = norm.batch_norm_relu_forward_reference(y, mean, inv_std, weight, bias) > 0
+    grad = np.where(kept, grad_y, 0)
+    scale = (inv_std * weight)[:, None, None]
+    if not batch_statistics:
+        return (grad * scale).astype(y.dtype)
+    count = y.size // y.shape[1]
+    grad_weight, grad_bias = norm.parameter_grads(sum_grad, sum_grad_centred, inv_std, y.dtype)
+    xhat = (y - mean[:, None, None]) * inv_std[:, None, None]
+    return (scale / count * (count * grad - grad_bias[:, None, None]
+                             - xhat * grad_weight[:, None, None])).astype(y.dtype)
