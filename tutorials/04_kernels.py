@@ -247,14 +247,19 @@ for pass_name in ("forward", "backward"):
 
 # %%
 repeats = 3 if QUICK else 7
-steady = {}
-for key, function in methods.items():
+
+
+def median_seconds(function):
+    """The median time of `repeats` calls of function()."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    steady[key] = statistics.median(times)
+    return statistics.median(times)
+
+
+steady = {key: median_seconds(function) for key, function in methods.items()}
 
 macs = batch * out_channels * group_size * height * width
 print(f"batch {batch}, {numba.get_num_threads()} Numba threads, {macs / 1e6:.0f} M MACs per pass "
@@ -269,15 +274,8 @@ for pass_name in ("forward", "backward"):
     print(f"{pass_name}: fused is {speedup:.2f}x as fast as the unfused pair, "
           f"{steady[pass_name, 'NumPy reference'] / fused:.2f}x the NumPy reference, "
           f"{steady[pass_name, 'dense 3x3 (im2col)'] / fused:.1f}x the dense 3x3")
-parts = {}
-for name, function in (("shift", lambda: ssc.shift_forward(x, k, group_size)),
-                       ("point-wise", lambda: ssc.group_pointwise_forward(shifted, weight, 1))):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    parts[name] = statistics.median(times)
+parts = {"shift": median_seconds(lambda: ssc.shift_forward(x, k, group_size)),
+         "point-wise": median_seconds(lambda: ssc.group_pointwise_forward(shifted, weight, 1))}
 fused_forward = steady["forward", "Numba fused"]
 print(f"forward, the pair's parts: shift {1000 * parts['shift']:.1f} ms + point-wise "
       f"{1000 * parts['point-wise']:.1f} ms; the fused kernel, {1000 * fused_forward:.1f} ms, "
@@ -437,16 +435,19 @@ def bn_relu_ssc(fused):
     return [y.data] + [leaf.grad for leaf in leaves]
 
 
-results = {fused: bn_relu_ssc(fused) for fused in (True, False)}  # also compiles
-print("fused op == the pair, to the bit:",
-      all(np.array_equal(a, b) for a, b in zip(results[True], results[False])))
-for fused, name in ((False, "BN + ReLU, then SSC"), (True, "BN + ReLU folded into SSC")):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        bn_relu_ssc(fused)
-        times.append(time.perf_counter() - start)
-    print(f"{name:26s} forward + backward: {1000 * statistics.median(times):6.1f} ms (median)")
+def compare_and_time(run, claim, names):
+    """run(True), one op, against run(False), the ops it replaces: all their results equal to
+    the bit, then the median time of each (names: the ops', then the one op's)."""
+    results = {one_op: run(one_op) for one_op in (True, False)}  # also compiles
+    print(f"{claim}, to the bit:",
+          all(np.array_equal(a, b) for a, b in zip(results[True], results[False])))
+    for one_op, name in zip((False, True), names):
+        seconds = median_seconds(lambda: run(one_op))
+        print(f"{name:30s} forward + backward: {1000 * seconds:6.1f} ms (median)")
+
+
+compare_and_time(bn_relu_ssc, "fused op == the pair",
+                 ("BN + ReLU, then SSC", "BN + ReLU folded into SSC"))
 
 # %% [markdown]
 # ### Two layers: the next batch norm's backward folded in as well
@@ -485,16 +486,8 @@ def ssc_pair(as_one_op):
     return [y.data] + [leaf.grad for leaf in leaves]
 
 
-results = {as_one_op: ssc_pair(as_one_op) for as_one_op in (True, False)}  # also compiles
-print("one op == the two ops, to the bit:",
-      all(np.array_equal(a, b) for a, b in zip(results[True], results[False])))
-for as_one_op, name in ((False, "two folded SSC ops"), (True, "one op, bn2's backward folded")):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ssc_pair(as_one_op)
-        times.append(time.perf_counter() - start)
-    print(f"{name:30s} forward + backward: {1000 * statistics.median(times):6.1f} ms (median)")
+compare_and_time(ssc_pair, "one op == the two ops",
+                 ("two folded SSC ops", "one op, bn2's backward folded"))
 
 # %% [markdown]
 # ## Summary
