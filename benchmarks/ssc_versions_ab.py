@@ -4,10 +4,12 @@ This VM's speed drifts by tens of percent within minutes, so two runs of `run.py
 badly. This script loads `minissc/kernels/ssc.py` as it was at `--against` (a git revision)
 beside the current one and times the two call by call, alternating, on sscresnet20's (r=1)
 SSC layer shapes (the first layers of its modules: 9 outputs per group, the group kernels;
-the second: one output per group, shuffled, some with stride 2); it reports each side's median and the median
-of the per-round ratios new / old, which drift cancels out of. `--network` also times whole
+the second: one output per group, shuffled, some with stride 2); it reports each side's
+median and the median of the per-round ratios new / old, which drift cancels out of. `--network` also times whole
 training steps of sscresnet20, swapping `ssc_forward` / `ssc_backward` between the versions
-step by step. Run it on an otherwise idle machine:
+step by step. The old file runs on the current `minissc.kernels` helpers, so it must call
+them as they are now: revisions before b639910 (which gave `copy_shifted_plane` a column
+index) fail to compile here. Run it on an otherwise idle machine:
 
     python benchmarks/ssc_versions_ab.py --against 1c11bb2 [--norm] [--network] [--rounds 25]
 """

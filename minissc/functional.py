@@ -462,7 +462,7 @@ def batch_norm_relu_ssc_pair(x, norm1, weight1, norm2, weight2, kernel_size: int
         _norm_tuple(norm2, "norm2")
     x, bn1_weight, bn1_bias, settings1 = _batch_norm_arguments(
         x, bn1_weight, bn1_bias, *running1, training, momentum1, eps1)
-    x, weight1, layer1 = _ssc_arguments(x, weight1, kernel_size, 1, 1)
+    x, weight1, _ = _ssc_arguments(x, weight1, kernel_size, 1, 1)
     middle = np.broadcast_to(np.zeros((), x.dtype), (x.shape[0], weight1.shape[0])
                              + tuple(x.shape[2:]))  # stands for y1 in the checks
     _, bn2_weight, bn2_bias, settings2 = _batch_norm_arguments(

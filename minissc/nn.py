@@ -166,10 +166,10 @@ def ssc_pair(x, bn1: BatchNormReLU2d, ssc1: SSCConv2d, bn2: BatchNormReLU2d,
     kernel; otherwise the two calls. The values, gradients and running statistics are the
     same either way (tested to the bit); only the backward differs in speed.
     """
-    fits = (ssc1.stride == 1 and ssc1.shuffle_groups == 1 and ssc1.bias is None
-            and ssc2.bias is None and ssc1.kernel_size == ssc2.kernel_size
-            and bn1.training == bn2.training
-            and isinstance(bn1, BatchNormReLU2d) and isinstance(bn2, BatchNormReLU2d))
+    fits = (isinstance(bn1, BatchNormReLU2d) and isinstance(bn2, BatchNormReLU2d)
+            and bn1.training == bn2.training and ssc1.stride == 1 and ssc1.shuffle_groups == 1
+            and ssc1.bias is None and ssc2.bias is None
+            and ssc1.kernel_size == ssc2.kernel_size)
     if not (fits and is_grad_enabled()):
         return ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)
     norm1, norm2 = ((bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)

@@ -171,7 +171,8 @@ class Tensor:
             if grad_out is None:
                 continue
             if isinstance(vertex, Tensor):  # a leaf
-                vertex.grad = _leaf_grad(grad_out) if vertex.grad is None else vertex.grad + grad_out
+                first = vertex.grad is None
+                vertex.grad = _leaf_grad(grad_out) if first else vertex.grad + grad_out
             else:
                 _backward_node(vertex, grad_out, grads, retain_graph)
 

@@ -536,13 +536,14 @@ def test_a_second_ctrl_c_stops_at_once_keeping_the_last_checkpoint(template, tmp
             os.kill(os.getpid(), signal.SIGINT)  # the loop would stop after this step...
             os.kill(os.getpid(), signal.SIGINT)  # ...but the second one stops it here
 
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in background
     with pytest.raises(KeyboardInterrupt) as interrupt:
         train_in_process(template, tmp_path / "run", monkeypatch, press_ctrl_c_twice)
     assert type(interrupt.value) is KeyboardInterrupt  # not TrainingInterrupted: no save
     _, meta = load_checkpoint(str(tmp_path / "run" / "checkpoint.npz"))
     assert meta["epoch"] == 1 and "in_epoch" not in meta
     assert temporaries(tmp_path / "run") == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before  # train() put it back
 
 
 # ------------------------------------------------------------------------------------------
