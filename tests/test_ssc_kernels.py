@@ -316,12 +316,16 @@ def test_backward_is_deterministic_across_thread_counts(dtype, kernel):
     weight = arrays(5, (12, 9), dtype)
     grad_y = arrays(6, (16, 12, 12, 12), dtype)
     input_norm = input_norm_problem(18, 7, dtype)
-    for normalise in (None, input_norm):
+    y = ssc.ssc_forward(x, weight, 3, 1)
+    mean, var = norm.batch_norm_statistics(y)
+    output_norm = (y, mean, (1 / np.sqrt(var + 1e-5)).astype(dtype), arrays(8, (12,), dtype),
+                   arrays(9, (12,), dtype), arrays(10, (12,)), arrays(11, (12,)), True)
+    for normalise, through_norm in ((None, None), (input_norm, None), (input_norm, output_norm)):
         with stride_1_kernel(kernel):
-            first = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, normalise)
-            second = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, normalise)
+            first = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, normalise, through_norm)
+            second = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, normalise, through_norm)
             single_thread = on_one_thread(ssc.ssc_backward, x, weight, grad_y, 3, 1, 1,
-                                          normalise)
+                                          normalise, through_norm)
         for a, b, c in zip(first, second, single_thread):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(a, c)
