@@ -1185,7 +1185,7 @@ def parse_args(argv=None):
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
                       help="few repeats (the default): about 6 minutes on 2 idle cores")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="more repeats: about 20-30 minutes on 2 idle cores")
+                      help="more repeats, 3 alternating rounds: about 15 minutes on 2 idle cores")
     parser.set_defaults(mode="quick")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads of Numba and of torch (default 2)")
