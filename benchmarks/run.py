@@ -507,10 +507,16 @@ def worker_layers(args) -> list[dict]:
 def round_configs(config: dict) -> list[dict]:
     """The config of each timing round: the repeats split over config["rounds"] rounds (at
     least one each); the NumPy twins are timed in the first round only."""
-    rounds = config["rounds"]
-    split = {key: -(-config[key] // rounds)
+    split = {key: _per_round(config, key)
              for key in ("layer_repeats", "train_steps", "infer_steps")}
-    return [dict(config, **split, time_reference=index == 0) for index in range(rounds)]
+    return [dict(config, **split, time_reference=index == 0)
+            for index in range(config["rounds"])]
+
+
+def _per_round(config: dict, key: str) -> int:
+    """config[key] repeats split over the rounds, rounded up (configs of runs before rounds
+    existed have none: one round)."""
+    return -(-config[key] // config.get("rounds", 1))
 
 
 def alternate_workers(name: str, frameworks: list[str], config: dict, threads: int,
@@ -749,11 +755,14 @@ def time_steps(train_step, infer_step, batch: int, config: dict) -> dict:
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-        result[f"{kind}_first_step_s"] = times[0]
-        result[f"{kind}_step_s"] = times[1:]
-        result[f"{kind}_median_s"] = median(times[1:])
-        result[f"{kind}_images_per_s"] = batch / median(times[1:])
+        result.update(_step_timing(kind, times[0], times[1:], batch))
     return result
+
+
+def _step_timing(kind: str, first_seconds: float, step_seconds: list, batch: int) -> dict:
+    return {f"{kind}_first_step_s": first_seconds, f"{kind}_step_s": step_seconds,
+            f"{kind}_median_s": median(step_seconds),
+            f"{kind}_images_per_s": batch / median(step_seconds)}
 
 
 def merge_step_rounds(per_round, batch: int) -> dict:
@@ -762,10 +771,7 @@ def merge_step_rounds(per_round, batch: int) -> dict:
     result = {}
     for kind in ("train", "infer"):
         steps = [t for timing in per_round for t in timing[f"{kind}_step_s"]]
-        result[f"{kind}_first_step_s"] = per_round[0][f"{kind}_first_step_s"]
-        result[f"{kind}_step_s"] = steps
-        result[f"{kind}_median_s"] = median(steps)
-        result[f"{kind}_images_per_s"] = batch / median(steps)
+        result.update(_step_timing(kind, per_round[0][f"{kind}_first_step_s"], steps, batch))
     return result
 
 
@@ -1043,9 +1049,9 @@ def evaluate_targets(results: dict) -> list[dict]:
 
 
 def _pooled(config: dict, key: str) -> str:
-    """How many calls a median pools: "12 (3 rounds of 4)", or "3" with one round."""
-    rounds = config.get("rounds", 1)
-    per_round = -(-config[key] // rounds)
+    """How many calls a median pools: "12 (3 alternating rounds of 4)", or "3" with one
+    round."""
+    rounds, per_round = config.get("rounds", 1), _per_round(config, key)
     if rounds == 1:
         return str(per_round)
     return f"{per_round * rounds} ({rounds} alternating rounds of {per_round})"

@@ -1,17 +1,19 @@
 """A/B of the SSC kernels of this checkout against those of an earlier commit, in one process.
 
 This VM's speed drifts by tens of percent within minutes, so two runs of `run.py` compare
-badly. This script loads `minissc/kernels/ssc.py` as it was at `--against` (a git revision)
-beside the current one and times the two call by call, alternating, on sscresnet20's (r=1)
-SSC layer shapes (the first layers of its modules: 9 outputs per group, the group kernels;
-the second: one output per group, shuffled, some with stride 2); it reports each side's
-median and the median of the per-round ratios new / old, which drift cancels out of. `--network` also times whole
-training steps of sscresnet20, swapping `ssc_forward` / `ssc_backward` between the versions
-step by step. The old file runs on the current `minissc.kernels` helpers, so it must call
-them as they are now: revisions before b639910 (which gave `copy_shifted_plane` a column
-index) fail to compile here. Run it on an otherwise idle machine:
+badly. This script loads the kernels of `minissc/kernels` (the shared helpers, `norm.py` and
+`ssc.py`) as they were at `--against` (a git revision), as a package of their own beside the
+current ones, and times the two call by call, alternating, on sscresnet20's (r=1) SSC layer
+shapes (the first layers of its modules: 9 outputs per group, the group kernels; the second:
+one output per group, shuffled, some with stride 2). It reports each side's median and the
+median of the per-round ratios new / old, which drift cancels out of. `--network` also times
+whole training steps of sscresnet20, swapping `ssc_forward` / `ssc_backward` between the
+versions step by step. `--pair` times the current code's sscresnet20 training steps with an
+SSC module's two layers as one op (`minissc.nn.ssc_pair`) against the two separate calls.
+Run it on an otherwise idle machine:
 
     python benchmarks/ssc_versions_ab.py --against 1c11bb2 [--norm] [--network] [--rounds 25]
+    python benchmarks/ssc_versions_ab.py --pair
 """
 import argparse
 import importlib.util
@@ -34,17 +36,26 @@ SHAPES = [  # channels, side, outputs, stride: sscresnet20's (r=1) SSC1 and SSC2
 SWAPPED = ("ssc_forward", "ssc_backward")
 
 
+OLD_PACKAGE = "kernels_at_revision"
+OLD_FILES = ("__init__.py", "norm.py", "ssc.py")
+
+
 def load_version(revision: str, directory: Path):
-    """minissc/kernels/ssc.py at `revision`, imported as a module of its own."""
+    """minissc/kernels/ssc.py at `revision`, imported with the helpers it was written for: the
+    revision's `__init__.py`, `norm.py` and `ssc.py` copied into a package of their own (their
+    imports of `minissc.kernels` pointed at it)."""
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(["git", "show", f"{revision}:minissc/kernels/ssc.py"], cwd=root,
-                            check=True, capture_output=True, text=True).stdout
-    path = directory / "ssc_at_revision.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("ssc_at_revision", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    package = directory / OLD_PACKAGE
+    package.mkdir()
+    for name in OLD_FILES:
+        source = subprocess.run(["git", "show", f"{revision}:minissc/kernels/{name}"],
+                                cwd=root, check=True, capture_output=True, text=True).stdout
+        (package / name).write_text(source.replace("minissc.kernels", OLD_PACKAGE))
+    sys.path.insert(0, str(directory))
+    try:
+        return importlib.import_module(f"{OLD_PACKAGE}.ssc")
+    finally:
+        sys.path.remove(str(directory))
 
 
 def alternate(calls: dict, rounds: int) -> dict:
@@ -68,11 +79,25 @@ def report(label: str, times: dict) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", required=True, help="git revision of the old kernels")
+    parser.add_argument("--against", help="git revision of the old kernels")
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--norm", action="store_true", help="layers with an input norm")
     parser.add_argument("--network", action="store_true", help="also whole training steps")
+    parser.add_argument("--pair", action="store_true",
+                        help="training steps with and without the SSC pair op")
     args = parser.parse_args(argv)
+    if not (args.against or args.pair):
+        parser.error("give --against REVISION, --pair, or both")
+    if args.against:
+        compare_kernels(args)
+    if args.pair:
+        for r in (1, 2):
+            report(f"sscresnet20 r={r} step, old = two ops, new = pair", alternate(
+                pair_steps(r), max(4, args.rounds // 3)))
+    return 0
+
+
+def compare_kernels(args):
     with tempfile.TemporaryDirectory() as directory:
         old = load_version(args.against, Path(directory))
         versions = {"old": old, "new": ssc}
@@ -99,30 +124,55 @@ def main(argv=None):
             for r in (1, 2):
                 report(f"sscresnet20 r={r} training step", alternate(
                     network_steps(versions, r), max(4, args.rounds // 3)))
-    return 0
 
 
-def network_steps(versions: dict, r: int) -> dict:
-    """A training step of sscresnet20 per version, each with that version's SSC kernels."""
+def training_step(r: int):
+    """step(): one SGD step of sscresnet20 (width r) on a fixed random batch of 128."""
     model = models.create("sscresnet20", r=r)
     optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((128, 3, 32, 32), dtype=np.float32)
     labels = rng.integers(0, 10, 128)
+
+    def step():
+        optimizer.zero_grad()
+        F.cross_entropy(model(Tensor(images)), labels).backward()
+        optimizer.step()
+    return step
+
+
+def pair_steps(r: int) -> dict:
+    """The training step with SSC modules calling their two SSC layers separately ("old")
+    and as the pair op ("new")."""
+    step, pair = training_step(r), models.ssc_pair
+
+    def two_calls(x, bn1, ssc1, bn2, ssc2):
+        return ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)
+
+    def step_with(ssc_pair):
+        models.ssc_pair = ssc_pair
+        try:
+            step()
+        finally:
+            models.ssc_pair = pair
+    return {"old": lambda: step_with(two_calls), "new": lambda: step_with(pair)}
+
+
+def network_steps(versions: dict, r: int) -> dict:
+    """A training step of sscresnet20 per version, each with that version's SSC kernels."""
+    step = training_step(r)
     current = {name: getattr(ssc, name) for name in SWAPPED}
 
-    def step(version):
+    def step_with(version):
         for name in SWAPPED:
             setattr(ssc, name, current[name] if version is ssc else getattr(version, name))
         try:
-            optimizer.zero_grad()
-            F.cross_entropy(model(Tensor(images)), labels).backward()
-            optimizer.step()
+            step()
         finally:
             for name in SWAPPED:
                 setattr(ssc, name, current[name])
 
-    return {name: lambda v=version: step(v) for name, version in versions.items()}
+    return {name: lambda v=version: step_with(v) for name, version in versions.items()}
 
 
 if __name__ == "__main__":

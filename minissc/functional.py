@@ -301,6 +301,16 @@ def _normalisation(x, running_mean, running_var, training, momentum, eps):
     return np.asarray(mean, dtype=x.dtype), (1.0 / np.sqrt(var + eps)).astype(x.dtype)
 
 
+def _folded_ssc_forward(x, weight, bn_weight, bn_bias, layer, running_mean, running_var,
+                        training, momentum, eps):
+    """y = SSC(relu(batch_norm(x))) with the batch norm applied by the SSC kernel as it reads
+    x (layer = kernel_size, stride, shuffle_groups); also inv_std and the kernels' input norm
+    (mean, scale, bias), which the backward needs."""
+    mean, inv_std = _normalisation(x, running_mean, running_var, training, momentum, eps)
+    input_norm = (mean, inv_std * bn_weight, bn_bias)
+    return ssc_kernels.ssc_forward(x, weight, *layer, input_norm=input_norm), inv_std, input_norm
+
+
 class BatchNormReLUSSCConv2d(Function):
     """y = SSC(a) with a = relu(batch_norm(x)), a computed by the SSC kernel as it reads x.
 
@@ -322,12 +332,12 @@ class BatchNormReLUSSCConv2d(Function):
                 momentum, eps, kernel_size, stride, shuffle_groups):
         x, weight, bn_weight, bn_bias = (np.ascontiguousarray(a)
                                          for a in (x, weight, bn_weight, bn_bias))
-        mean, inv_std = _normalisation(x, running_mean, running_var, training, momentum, eps)
-        input_norm = (mean, inv_std * bn_weight, bn_bias)
-        ctx.training, ctx.input_norm = training, input_norm
-        ctx.layer = (kernel_size, stride, shuffle_groups)
+        ctx.training, ctx.layer = training, (kernel_size, stride, shuffle_groups)
+        y, inv_std, ctx.input_norm = _folded_ssc_forward(
+            x, weight, bn_weight, bn_bias, ctx.layer, running_mean, running_var, training,
+            momentum, eps)
         ctx.save_for_backward(x, bn_weight, inv_std, weight)
-        return ssc_kernels.ssc_forward(x, weight, *ctx.layer, input_norm=input_norm)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -360,21 +370,22 @@ class BatchNormReLUSSCPair(Function):
 
     @staticmethod
     def forward(ctx, x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias, norm1,
-                norm2, training, kernel_size, stride, shuffle_groups):
-        """norm1, norm2: (running_mean, running_var, momentum, eps) of each batch norm."""
+                norm2, kernel_size, stride, shuffle_groups):
+        """norm1, norm2: each batch norm's running_mean, running_var, training, momentum and
+        eps, as a dict of `_normalisation`'s arguments (both in the same mode)."""
         x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias = (
             np.ascontiguousarray(a)
             for a in (x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias))
-        mean1, inv_std1 = _normalisation(x, *norm1[:2], training, *norm1[2:])
-        input_norm1 = (mean1, inv_std1 * bn1_weight, bn1_bias)
-        y1 = ssc_kernels.ssc_forward(x, weight1, kernel_size, 1, input_norm=input_norm1)
-        mean2, inv_std2 = _normalisation(y1, *norm2[:2], training, *norm2[2:])
-        input_norm2 = (mean2, inv_std2 * bn2_weight, bn2_bias)
-        ctx.training, ctx.input_norms = training, (input_norm1, input_norm2)
+        ctx.training = norm1["training"]
         ctx.layers = (kernel_size, 1, 1), (kernel_size, stride, shuffle_groups)
+        y1, inv_std1, input_norm1 = _folded_ssc_forward(x, weight1, bn1_weight, bn1_bias,
+                                                        ctx.layers[0], **norm1)
+        y, inv_std2, input_norm2 = _folded_ssc_forward(y1, weight2, bn2_weight, bn2_bias,
+                                                       ctx.layers[1], **norm2)
+        ctx.input_norms = input_norm1, input_norm2
         ctx.save_for_backward(x, weight1, bn1_weight, inv_std1, y1, weight2, bn2_weight,
                               inv_std2)
-        return ssc_kernels.ssc_forward(y1, weight2, *ctx.layers[1], input_norm=input_norm2)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -468,11 +479,8 @@ def batch_norm_relu_ssc_pair(x, norm1, weight1, norm2, weight2, kernel_size: int
     _, bn2_weight, bn2_bias, settings2 = _batch_norm_arguments(
         middle, bn2_weight, bn2_bias, *running2, training, momentum2, eps2)
     _, weight2, layer2 = _ssc_arguments(middle, weight2, kernel_size, stride, shuffle_groups)
-    norms = [tuple(settings[key] for key in ("running_mean", "running_var", "momentum", "eps"))
-             for settings in (settings1, settings2)]
     return BatchNormReLUSSCPair.apply(x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight,
-                                      bn2_bias, norm1=norms[0], norm2=norms[1],
-                                      training=bool(training), **dict(layer2))
+                                      bn2_bias, norm1=settings1, norm2=settings2, **layer2)
 
 
 def _norm_tuple(norm, name):

@@ -70,11 +70,11 @@ def copy_shifted_plane(plane, row_offset, col_offset, width, columns, out):
     """out[row, col] = plane[row + row_offset, col + col_offset], 0 outside the image, for
     flat planes of one size: zeros before and after the run of `flat_run`, and the run copied
     in one pass whose select drops the columns that wrap across a row edge (columns[k] is the
-    column of k, `plane_columns`). The select replaced a zeroing
-    pass row by row after the copy (`zero_wrapped_columns`), whose rows of 8 or 16 values
-    made it cost as much as the copy: the SSC group forward, which shifts every input plane
-    this way, took 0.85x the time at 576->576 8x8 and 288->288 16x16 (1.03x at 144->144
-    32x32; one process, alternating, median of 21 calls, 2 threads, batch 128).
+    column of k, `plane_columns`). The select replaced a zeroing pass row by row after the
+    copy (`zero_wrapped_columns`), a loop over rows of 8 or 16 values: the SSC group forward,
+    which shifts every input plane this way, took 0.92x the time at 576->576 8x8, 0.96x at
+    288->288 16x16 and 0.98x at 144->144 32x32 (`benchmarks/ssc_versions_ab.py --against
+    f08a68d --rounds 21`, 2 threads, batch 128).
     """
     first_out, first_in, count = flat_run(row_offset, col_offset, plane.size // width, width)
     zero = out.dtype.type(0)

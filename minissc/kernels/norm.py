@@ -243,8 +243,7 @@ def _batch_norm_parameter_grad_kernel(grad_y, x, mean, inv_std, weight, relu_bia
     g is grad_y masked by relu(batch norm) > 0 when `relu_bias` (the bias of a batch norm
     followed by a ReLU) is given; for None, Numba compiles the kernel without the mask.
     """
-    batch, channels, plane = x.shape
-    zero = grad_y.dtype.type(0)
+    batch, channels = x.shape[:2]
     for block in prange(-(-channels // channels_per_block)):
         first = block * channels_per_block
         block_size = min(channels_per_block, channels - first)
@@ -253,22 +252,32 @@ def _batch_norm_parameter_grad_kernel(grad_y, x, mean, inv_std, weight, relu_bia
         for n in range(batch):
             for k in range(block_size):
                 c = first + k
-                channel_mean = mean[c]
-                scale = inv_std[c] * weight[c]
-                plane_grad = np.float64(0)
-                plane_grad_centred = np.float64(0)
-                for i in range(plane):
-                    grad = grad_y[n, c, i]
-                    if relu_bias is not None:
-                        kept = _normalised(x[n, c, i], channel_mean, scale, relu_bias[c]) > 0
-                        grad = grad if kept else zero
-                    plane_grad += grad
-                    plane_grad_centred += grad * (x[n, c, i] - channel_mean)
+                plane_grad, plane_grad_centred = _plane_grad_sums(
+                    grad_y[n, c], x[n, c], c, mean[c], inv_std[c] * weight[c], relu_bias)
                 sum_grad[k] += plane_grad
                 sum_grad_centred[k] += plane_grad_centred
         for k in range(block_size):
             grad_bias[first + k] = sum_grad[k]
             grad_weight[first + k] = sum_grad_centred[k] * inv_std[first + k]
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _plane_grad_sums(grads, values, c, channel_mean, scale, relu_bias):
+    """(sum g, sum g * (x - mean_c)) over one plane of channel c, in float64: g = grads, masked
+    by relu(batch norm) > 0 when `relu_bias` (the biases, shape (C,)) is given (None: no mask,
+    compiled without it). `_batch_norm_parameter_grad_kernel` adds these plane by plane, and
+    so do the SSC backward kernels that compute a batch norm's sums while a plane is in cache
+    (`minissc.kernels.ssc._input_norm_grad_sums`): one loop, so the sums agree to the bit."""
+    zero = grads.dtype.type(0)
+    plane_grad = np.float64(0)
+    plane_grad_centred = np.float64(0)
+    for i in range(values.size):
+        grad = grads[i]
+        if relu_bias is not None:
+            grad = grad if _normalised(values[i], channel_mean, scale, relu_bias[c]) > 0 else zero
+        plane_grad += grad
+        plane_grad_centred += grad * (values[i] - channel_mean)
+    return plane_grad, plane_grad_centred
 
 
 @njit(cache=True, parallel=True)

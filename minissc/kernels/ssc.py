@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from minissc.kernels import copy_shifted_plane, flat_run, plane_columns, planes, valid_range
 from minissc.kernels import norm
-from minissc.kernels.norm import _input_grad, _input_grad_rule, _normalised
+from minissc.kernels.norm import _input_grad, _input_grad_rule, _normalised, _plane_grad_sums
 
 
 def shift_offsets(channels, kernel_size, group_size):
@@ -156,7 +156,7 @@ def _normalised_plane(plane, channel, input_norm, scratch):
     return scratch
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True)
 def _input_norm_grad_sums(grad_plane, x_plane, channel, input_norm, sums):
     """sums[:] = (sum g, sum g * (x - mean_c)) over one plane, in float64, where g is
     grad_plane (the gradient with respect to a = relu(batch_norm(x))) masked by a > 0.
@@ -165,22 +165,11 @@ def _input_norm_grad_sums(grad_plane, x_plane, channel, input_norm, sums):
     `minissc.kernels.norm.batch_norm_backward`): grad_bias = sum g and grad_weight =
     inv_std * sum g (x - mean) over all planes of the channel. A backward kernel computes them
     while the plane's gradient and x are in cache, so the batch norm's backward need not read
-    both again; the loop is the one of the batch norm's own parameter-gradient kernel.
+    both again; the loop is the batch norm's own (`norm._plane_grad_sums`).
     """
     mean, scale, bias = input_norm
-    channel_mean, channel_scale, channel_bias = mean[channel], scale[channel], bias[channel]
-    grads, values = grad_plane.ravel(), x_plane.ravel()
-    zero = grads.dtype.type(0)
-    plane_grad = np.float64(0)
-    plane_grad_centred = np.float64(0)
-    for k in range(values.size):
-        grad = grads[k]
-        kept = _normalised(values[k], channel_mean, channel_scale, channel_bias) > 0
-        grad = grad if kept else zero
-        plane_grad += grad
-        plane_grad_centred += grad * (values[k] - channel_mean)
-    sums[0] = plane_grad
-    sums[1] = plane_grad_centred
+    sums[0], sums[1] = _plane_grad_sums(grad_plane.ravel(), x_plane.ravel(), channel,
+                                        mean[channel], scale[channel], bias)
 
 
 def _no_input_norm(dtype):
@@ -639,14 +628,13 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     batch, channels, height, width = x.shape
     group_kernel = stride == 1 and _shift_once_per_group(x, weight)
     kernel_output_norm = _no_output_norm(x.dtype)
-    if output_norm is not None:
+    if output_norm is not None and group_kernel:
         y, mean, inv_std, bn_weight, bn_bias, sum_grad, sum_grad_centred, training = output_norm
         bn_grads = norm.parameter_grads(sum_grad, sum_grad_centred, inv_std, x.dtype)
-        if group_kernel:
-            kernel_output_norm = (planes(y), mean, inv_std, bn_weight, bn_bias) + bn_grads \
-                + (training,)
-        else:
-            grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
+        kernel_output_norm = (planes(y), mean, inv_std, bn_weight, bn_bias) + bn_grads \
+            + (training,)
+    elif output_norm is not None:
+        grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
     grad_x = np.empty_like(x)
     grad_weight_per_sample = np.empty((batch,) + weight.shape, dtype=np.float64)
     input_channels = shuffled_channels(channels, shuffle_groups)
