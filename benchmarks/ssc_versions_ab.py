@@ -8,12 +8,14 @@ shapes (the first layers of its modules: 9 outputs per group, the group kernels;
 one output per group, shuffled, some with stride 2). It reports each side's median and the
 median of the per-round ratios new / old, which drift cancels out of. `--network` also times
 whole training steps of sscresnet20, swapping `ssc_forward` / `ssc_backward` between the
-versions step by step. `--pair` times the current code's sscresnet20 training steps with an
-SSC module's two layers as one op (`minissc.nn.ssc_pair`) against the two separate calls.
+versions step by step. `--pair layers` times the current code's sscresnet20 training steps
+with an SSC module's two layers as one op (`minissc.nn.ssc_pair`) against the two separate
+calls (the 1x1 convolution in front called on its own in both); `--pair conv` the op with the
+convolution folded in against the convolution, then the op.
 Run it on an otherwise idle machine:
 
     python benchmarks/ssc_versions_ab.py --against 1c11bb2 [--norm] [--network] [--rounds 25]
-    python benchmarks/ssc_versions_ab.py --pair
+    python benchmarks/ssc_versions_ab.py --pair {layers,conv}
 """
 import argparse
 import importlib.util
@@ -83,8 +85,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--norm", action="store_true", help="layers with an input norm")
     parser.add_argument("--network", action="store_true", help="also whole training steps")
-    parser.add_argument("--pair", action="store_true",
-                        help="training steps with and without the SSC pair op")
+    parser.add_argument("--pair", choices=("layers", "conv"),
+                        help="training steps with and without the SSC pair op (layers), or "
+                             "with and without the 1x1 convolution folded into it (conv)")
     args = parser.parse_args(argv)
     if not (args.against or args.pair):
         parser.error("give --against REVISION, --pair, or both")
@@ -92,8 +95,9 @@ def main(argv=None):
         compare_kernels(args)
     if args.pair:
         for r in (1, 2):
-            report(f"sscresnet20 r={r} step, old = two ops, new = pair", alternate(
-                pair_steps(r), max(4, args.rounds // 3)))
+            old = "two ops" if args.pair == "layers" else "conv, then the pair"
+            report(f"sscresnet20 r={r} step, old = {old}, new = pair", alternate(
+                pair_steps(r, args.pair), max(4, args.rounds // 3)))
     return 0
 
 
@@ -141,13 +145,18 @@ def training_step(r: int):
     return step
 
 
-def pair_steps(r: int) -> dict:
-    """The training step with SSC modules calling their two SSC layers separately ("old")
-    and as the pair op ("new")."""
+def pair_steps(r: int, fold: str) -> dict:
+    """The training step with an SSC module's layers folded one step less ("old") and as they
+    are ("new"), for fold "layers": its two SSC layers called separately against the pair op
+    (the 1x1 convolution in front called on its own in both), for fold "conv": the
+    convolution called before the pair op against the op with the convolution folded in."""
     step, pair = training_step(r), models.ssc_pair
 
-    def two_calls(x, bn1, ssc1, bn2, ssc2):
-        return ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)
+    def two_calls(x, bn1, ssc1, bn2, ssc2, conv):
+        return ssc2(ssc1(conv(x), input_norm=bn1), input_norm=bn2)
+
+    def conv_then_pair(x, bn1, ssc1, bn2, ssc2, conv):
+        return pair(conv(x), bn1, ssc1, bn2, ssc2)
 
     def step_with(ssc_pair):
         models.ssc_pair = ssc_pair
@@ -155,7 +164,8 @@ def pair_steps(r: int) -> dict:
             step()
         finally:
             models.ssc_pair = pair
-    return {"old": lambda: step_with(two_calls), "new": lambda: step_with(pair)}
+    old, new = (two_calls, conv_then_pair) if fold == "layers" else (conv_then_pair, pair)
+    return {"old": lambda: step_with(old), "new": lambda: step_with(new)}
 
 
 def network_steps(versions: dict, r: int) -> dict:

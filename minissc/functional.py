@@ -366,16 +366,28 @@ class BatchNormReLUSSCPair(Function):
       (da1, dW1, the sums of bn1), then dx = bn1 + ReLU's grad_x, as in the first op.
     Same values and gradients as the two ops, to the bit (tested), and the same running
     statistics.
+
+    With a bias-free 1x1 convolution in front, x = conv(x0) (the SSC module's first layer),
+    the op runs it too, so that bn1's grad_x need not exist whole either: the convolution's
+    backward (`minissc.kernels.dense.conv2d_backward`) reads its upstream dx a chunk of images
+    at a time, and here each chunk is computed when asked (`norm.InputGradByImages`), while
+    it is in cache, instead of being written to memory by a pass of its own and read back
+    twice. Same values and gradients as conv2d followed by the pair, to the bit (tested).
     """
 
     @staticmethod
-    def forward(ctx, x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias, norm1,
-                norm2, kernel_size, stride, shuffle_groups):
+    def forward(ctx, x, conv_weight, weight1, bn1_weight, bn1_bias, weight2, bn2_weight,
+                bn2_bias, norm1, norm2, kernel_size, stride, shuffle_groups):
         """norm1, norm2: each batch norm's running_mean, running_var, training, momentum and
-        eps, as a dict of `_normalisation`'s arguments (both in the same mode)."""
+        eps, as a dict of `_normalisation`'s arguments (both in the same mode). conv_weight:
+        None, or the weight of a 1x1 convolution in front (then ``x`` is its input)."""
         x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias = (
             np.ascontiguousarray(a)
             for a in (x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias))
+        ctx.conv = None
+        if conv_weight is not None:
+            ctx.conv = x, np.ascontiguousarray(conv_weight)
+            x = dense_kernels.conv2d_forward(*ctx.conv, 1, 0, 1)
         ctx.training = norm1["training"]
         ctx.layers = (kernel_size, 1, 1), (kernel_size, stride, shuffle_groups)
         y1, inv_std1, input_norm1 = _folded_ssc_forward(x, weight1, bn1_weight, bn1_bias,
@@ -397,12 +409,19 @@ class BatchNormReLUSSCPair(Function):
         output_norm = (y1, mean2, inv_std2, bn2_weight, bn2_bias, *sums2, ctx.training)
         grad_a1, grad_weight1, *sums1 = ssc_kernels.ssc_backward(
             x, weight1, grad_a2, *layer1, input_norm=input_norm1, output_norm=output_norm)
-        grad_x, grad_bn1_weight, grad_bn1_bias = norm_kernels.batch_norm_relu_input_grad(
-            grad_a1, x, mean1, inv_std1, bn1_weight, bn1_bias, *sums1, ctx.training)
+        grad_bn1_weight, grad_bn1_bias = norm_kernels.parameter_grads(*sums1, inv_std1,
+                                                                      bn1_weight.dtype)
         grad_bn2_weight, grad_bn2_bias = norm_kernels.parameter_grads(*sums2, inv_std2,
                                                                       bn2_weight.dtype)
-        return (grad_x, grad_weight1, grad_bn1_weight, grad_bn1_bias, grad_weight2,
-                grad_bn2_weight, grad_bn2_bias)
+        bn1 = grad_a1, x, mean1, inv_std1, bn1_weight, bn1_bias, *sums1, ctx.training
+        grad_conv_weight = None
+        if ctx.conv is None:
+            grad_x = norm_kernels.batch_norm_relu_input_grad(*bn1)[0]
+        else:  # the convolution's backward asks for bn1's grad_x a chunk at a time, in cache
+            grad_x, grad_conv_weight = dense_kernels.conv2d_backward(
+                *ctx.conv, norm_kernels.InputGradByImages(*bn1), 1, 0, 1)
+        return (grad_x, grad_conv_weight, grad_weight1, grad_bn1_weight, grad_bn1_bias,
+                grad_weight2, grad_bn2_weight, grad_bn2_bias)
 
 
 class ReLU(Function):
@@ -456,8 +475,8 @@ def batch_norm_relu_ssc_conv2d(x, bn_weight, bn_bias, running_mean, running_var,
 
 
 def batch_norm_relu_ssc_pair(x, norm1, weight1, norm2, weight2, kernel_size: int = 3,
-                             stride: int = 1, *, shuffle_groups: int = 1,
-                             training: bool = True) -> Tensor:
+                             stride: int = 1, *, shuffle_groups: int = 1, training: bool = True,
+                             conv_weight=None) -> Tensor:
     """Two folded SSC layers in one op, the first stride 1 without shuffle:
 
         y1 = batch_norm_relu_ssc_conv2d(x, *norm1[:4], weight1, kernel_size, 1, ...)
@@ -465,12 +484,20 @@ def batch_norm_relu_ssc_pair(x, norm1, weight1, norm2, weight2, kernel_size: int
                                        shuffle_groups=shuffle_groups, ...)
 
     where norm1 and norm2 are (bn_weight, bn_bias, running_mean, running_var, momentum, eps)
-    of the batch norm in front of each layer (bn_weight/bn_bias may be None: 1/0). Same values,
-    gradients and running statistics as the two calls; the backward folds the second batch
-    norm's grad_x pass into the first layer's kernel (see `BatchNormReLUSSCPair`)."""
+    of the batch norm in front of each layer (bn_weight/bn_bias may be None: 1/0). With
+    conv_weight (m, C, 1, 1), the op first applies that 1x1 convolution without bias,
+    conv2d(x, conv_weight), and x is its input. Same values, gradients and running statistics
+    as the separate calls; the backward folds the second batch norm's grad_x pass into the
+    first layer's kernel, and the first's into the convolution's backward (see
+    `BatchNormReLUSSCPair`)."""
     (bn1_weight, bn1_bias, *running1, momentum1, eps1), \
         (bn2_weight, bn2_bias, *running2, momentum2, eps2) = _norm_tuple(norm1, "norm1"), \
         _norm_tuple(norm2, "norm2")
+    conv_input = None
+    if conv_weight is not None:
+        conv_input, conv_weight = _conv1x1_arguments(x, conv_weight)
+        x = np.broadcast_to(np.zeros((), conv_input.dtype),  # stands for conv(x) in the checks
+                            (x.shape[0], conv_weight.shape[0]) + tuple(x.shape[2:]))
     x, bn1_weight, bn1_bias, settings1 = _batch_norm_arguments(
         x, bn1_weight, bn1_bias, *running1, training, momentum1, eps1)
     x, weight1, _ = _ssc_arguments(x, weight1, kernel_size, 1, 1)
@@ -479,8 +506,21 @@ def batch_norm_relu_ssc_pair(x, norm1, weight1, norm2, weight2, kernel_size: int
     _, bn2_weight, bn2_bias, settings2 = _batch_norm_arguments(
         middle, bn2_weight, bn2_bias, *running2, training, momentum2, eps2)
     _, weight2, layer2 = _ssc_arguments(middle, weight2, kernel_size, stride, shuffle_groups)
-    return BatchNormReLUSSCPair.apply(x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight,
+    return BatchNormReLUSSCPair.apply(x if conv_input is None else conv_input, conv_weight,
+                                      weight1, bn1_weight, bn1_bias, weight2, bn2_weight,
                                       bn2_bias, norm1=settings1, norm2=settings2, **layer2)
+
+
+def _conv1x1_arguments(x, weight):
+    """x and the weight (m, C, 1, 1) of a bias-free 1x1 convolution, checked, as tensors."""
+    x, weight = as_tensor(x, "x"), as_tensor(weight, "conv_weight")
+    check_ndim(x, 4, "x", "N, C, H, W")
+    check_ndim(weight, 4, "conv_weight", "out_channels, in_channels, 1, 1")
+    check_same_dtype(x=x, conv_weight=weight)
+    if weight.shape[1:] != (x.shape[1], 1, 1):
+        raise ValueError(f"conv_weight must have shape (out_channels, {x.shape[1]}, 1, 1) for "
+                         f"x with {x.shape[1]} channels, got {tuple(weight.shape)}")
+    return x, weight
 
 
 def _norm_tuple(norm, name):

@@ -108,8 +108,8 @@ class SSCBlock(Module):
     the same function without a shuffled copy of the widest tensor of the block. Likewise each
     SSC layer applies the BN + ReLU in front of it as it reads its input (``input_norm``), so
     the two widest activations of the block are never stored, and in training the two SSC
-    layers run as one op (`minissc.nn.ssc_pair`), whose backward folds the second BN's into
-    SSC1's kernel.
+    layers run as one op with the 1x1 conv in front (`minissc.nn.ssc_pair`), whose backward
+    folds the second BN's into SSC1's kernel and the first BN's into the conv's.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, r: int = 1):
@@ -130,8 +130,9 @@ class SSCBlock(Module):
 
     def forward(self, x):
         # ssc2(ssc1(conv1(x), input_norm=bn1), input_norm=bn2): bn1, bn2 (BN + ReLU) applied as
-        # ssc1 / ssc2 read, ssc2 also shuffles, and bn2's backward folded into ssc1's
-        out = ssc_pair(self.conv1(x), self.bn1, self.ssc1, self.bn2, self.ssc2)
+        # ssc1 / ssc2 read, ssc2 also shuffles, bn2's backward folded into ssc1's and bn1's
+        # into conv1's
+        out = ssc_pair(x, self.bn1, self.ssc1, self.bn2, self.ssc2, conv=self.conv1)
         out = self.bn3(out)
         return self.relu(out + _apply_shortcut(self.shortcut, x))
 

@@ -157,26 +157,34 @@ class Sequential(Module):
 
 
 def ssc_pair(x, bn1: BatchNormReLU2d, ssc1: SSCConv2d, bn2: BatchNormReLU2d,
-             ssc2: SSCConv2d) -> Tensor:
-    """``ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)``, the two SSC layers of an SSC module.
+             ssc2: SSCConv2d, conv: Conv2d | None = None) -> Tensor:
+    """``ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)``, the two SSC layers of an SSC module,
+    or with ``conv``, ``ssc2(ssc1(conv(x), input_norm=bn1), input_norm=bn2)``.
 
-    When a backward will follow (gradients enabled) and the pair fits one op (ssc1 with
-    stride 1 and no shuffle, no biases, one kernel size, bn1 and bn2 in the same mode), it
-    is `F.batch_norm_relu_ssc_pair`, whose backward also folds bn2's grad_x pass into ssc1's
-    kernel; otherwise the two calls. The values, gradients and running statistics are the
-    same either way (tested to the bit); only the backward differs in speed.
+    When a backward will follow (gradients enabled) and the layers fit one op (ssc1 with
+    stride 1 and no shuffle, no biases, one kernel size, bn1 and bn2 in the same mode; conv,
+    if given, 1x1 with stride 1, no padding, no groups and no bias), it is
+    `F.batch_norm_relu_ssc_pair`, whose backward also folds bn2's grad_x pass into ssc1's
+    kernel and bn1's into conv's backward; otherwise the separate calls. The values,
+    gradients and running statistics are the same either way (tested to the bit); only the
+    backward differs in speed.
     """
     fits = (isinstance(bn1, BatchNormReLU2d) and isinstance(bn2, BatchNormReLU2d)
             and bn1.training == bn2.training and ssc1.stride == 1 and ssc1.shuffle_groups == 1
             and ssc1.bias is None and ssc2.bias is None
             and ssc1.kernel_size == ssc2.kernel_size)
-    if not (fits and is_grad_enabled()):
+    conv_fits = conv is None or (isinstance(conv, Conv2d) and conv.weight.shape[2:] == (1, 1)
+                                 and conv.stride == 1 and conv.padding == 0 and conv.groups == 1
+                                 and conv.bias is None)
+    if not (fits and conv_fits and is_grad_enabled()):
+        x = x if conv is None else conv(x)
         return ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)
     norm1, norm2 = ((bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps)
                     for bn in (bn1, bn2))
     return F.batch_norm_relu_ssc_pair(x, norm1, ssc1.weight, norm2, ssc2.weight,
                                       ssc1.kernel_size, ssc2.stride,
-                                      shuffle_groups=ssc2.shuffle_groups, training=bn1.training)
+                                      shuffle_groups=ssc2.shuffle_groups, training=bn1.training,
+                                      conv_weight=None if conv is None else conv.weight)
 
 
 def _add_channel_bias(out: Tensor, bias: Parameter | None) -> Tensor:

@@ -13,6 +13,7 @@ from strategies import arrays, seeds, ssc_configs
 import minissc.functional as F
 from minissc import Tensor, reference
 from minissc.gradcheck import gradient_errors
+from minissc.kernels import dense
 
 TOLERANCE = {np.float64: 1e-10, np.float32: 1e-4}
 
@@ -232,6 +233,51 @@ def test_ssc_pair_equals_the_two_folded_ops(groups, n, side, seed, training, r, 
         np.testing.assert_array_equal(a, b)
 
 
+@settings(max_examples=30)
+@given(groups=st.integers(1, 2), in_channels=st.integers(1, 4), n=st.integers(1, 5),
+       side=st.integers(1, 4), seed=seeds, training=st.booleans(),
+       stride=st.sampled_from([1, 2]), dtype=st.sampled_from([np.float64, np.float32]),
+       chunk_bytes=st.sampled_from([1, 2000, 10**9]))
+def test_ssc_pair_with_its_conv_equals_conv2d_then_the_pair(groups, in_channels, n, side, seed,
+                                                            training, stride, dtype,
+                                                            chunk_bytes):
+    """batch_norm_relu_ssc_pair with conv_weight against conv2d, then the pair op: the output,
+    the nine gradients and the running statistics, to the bit. The folded backward computes
+    bn1's grad_x a chunk of images at a time for the convolution's backward; chunk_bytes sets
+    the chunks to one image, a few, or the whole batch (both sides chunk alike)."""
+    c = 9 * groups
+    assume(n * side * side >= 2)
+    layer = dict(kernel_size=3, stride=stride, shuffle_groups=groups)
+    results = []
+    chunk_bytes_before = dense.BACKWARD_CHUNK_BYTES
+    dense.BACKWARD_CHUNK_BYTES = chunk_bytes
+    try:
+        for folded in (True, False):
+            x0 = Tensor(arrays(seed + 20, (n, in_channels, side, side)).astype(dtype),
+                        requires_grad=True)
+            conv_weight = Tensor(arrays(seed + 21, (c, in_channels, 1, 1)).astype(dtype),
+                                 requires_grad=True)
+            inputs = ssc_pair_inputs((n, c, side, side), seed, dtype, groups)
+            stats = [np.zeros(c, dtype), np.ones(c, dtype), np.full(c, 0.5, dtype),
+                     np.full(c, 2.0, dtype)]
+            x, bn1_weight, bn1_bias, weight1, bn2_weight, bn2_bias, weight2 = inputs
+            norm1 = (bn1_weight, bn1_bias, *stats[:2], 0.1, 1e-5)
+            norm2 = (bn2_weight, bn2_bias, *stats[2:], 0.1, 1e-5)
+            if folded:
+                y = F.batch_norm_relu_ssc_pair(x0, norm1, weight1, norm2, weight2, **layer,
+                                               training=training, conv_weight=conv_weight)
+            else:
+                y = F.batch_norm_relu_ssc_pair(F.conv2d(x0, conv_weight), norm1, weight1,
+                                               norm2, weight2, **layer, training=training)
+            y.backward(arrays(seed + 9, y.shape).astype(dtype))
+            results.append([y.data, x0.grad, conv_weight.grad]
+                           + [t.grad for t in inputs[1:]] + stats)
+    finally:
+        dense.BACKWARD_CHUNK_BYTES = chunk_bytes_before
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 @settings(max_examples=15)
 @given(groups=st.integers(1, 2), side=st.integers(2, 4), seed=seeds, training=st.booleans(),
        stride=st.sampled_from([1, 2]))
@@ -393,6 +439,11 @@ BAD_CALLS = [
     ("ssc pair: short norm", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (None, None), W), TypeError, r"norm2 must be .* got tuple of length 2"),
     ("ssc pair: bn2 weight shape", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (np.ones(3, np.float32),) + (None,) * 3 + (0.1, 1e-5), W), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
     ("ssc pair: middle channels", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), W, (None,) * 4 + (0.1, 1e-5), W), ValueError, r"input channels \(4\) must be divisible"),
+    ("ssc pair: conv weight shape", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (None,) * 4 + (0.1, 1e-5), np.zeros((2, 9), np.float32), conv_weight=np.zeros((18, 5, 1, 1), np.float32)), ValueError, r"conv_weight must have shape \(out_channels, 18, 1, 1\) for x with 18 channels, got \(18, 5, 1, 1\)"),
+    ("ssc pair: 3x3 conv weight", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (None,) * 4 + (0.1, 1e-5), np.zeros((2, 9), np.float32), conv_weight=np.zeros((18, 18, 3, 3), np.float32)), ValueError, r"conv_weight must have shape \(out_channels, 18, 1, 1\)"),
+    ("ssc pair: 2-D conv weight", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (None,) * 4 + (0.1, 1e-5), np.zeros((2, 9), np.float32), conv_weight=np.zeros((18, 18), np.float32)), ValueError, r"conv_weight must have 4 dimensions"),
+    ("ssc pair: conv weight dtype", lambda: F.batch_norm_relu_ssc_pair(X, (None,) * 4 + (0.1, 1e-5), np.zeros((18, 9), np.float32), (None,) * 4 + (0.1, 1e-5), np.zeros((2, 9), np.float32), conv_weight=np.zeros((18, 18, 1, 1))), TypeError, r"x is float32, conv_weight is float64"),
+    ("ssc pair: conv channels for bn1", lambda: F.batch_norm_relu_ssc_pair(X, (np.ones(18, np.float32),) + (None,) * 3 + (0.1, 1e-5), np.zeros((9, 9), np.float32), (None,) * 4 + (0.1, 1e-5), np.zeros((1, 9), np.float32), conv_weight=np.zeros((9, 18, 1, 1), np.float32)), ValueError, r"weight must have shape \(9,\), got \(18,\)"),
 ]
 
 

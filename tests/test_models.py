@@ -179,9 +179,10 @@ def test_summarize_restores_the_model_when_the_forward_fails():
 
 @pytest.mark.parametrize("r", [1, 2])
 def test_ssc_module_runs_its_two_ssc_layers_as_one_op_with_the_same_results(r, monkeypatch):
-    """A training step of an SSC module through `ssc_pair` (one op for SSC1 and SSC2, the
-    second batch norm's backward folded) gives, to the bit, the outputs, gradients and running
-    statistics of the two separate calls it replaces; under no_grad it makes those calls."""
+    """A training step of an SSC module through `ssc_pair` (one op for the 1x1 conv, SSC1 and
+    SSC2, the batch norms' backwards folded) gives, to the bit, the outputs, gradients and
+    running statistics of the three separate calls it replaces; under no_grad it makes those
+    calls."""
     def run_block(pair):
         monkeypatch.setattr(models, "ssc_pair", pair)
         manual_seed(0)
@@ -194,8 +195,8 @@ def test_ssc_module_runs_its_two_ssc_layers_as_one_op_with_the_same_results(r, m
         return [out.data, x.grad] + [p.grad for p in block.parameters()] + \
             [state[key] for key in sorted(state)]
 
-    def two_calls(x, bn1, ssc1, bn2, ssc2):
-        return ssc2(ssc1(x, input_norm=bn1), input_norm=bn2)
+    def separate_calls(x, bn1, ssc1, bn2, ssc2, conv):
+        return ssc2(ssc1(conv(x), input_norm=bn1), input_norm=bn2)
 
     import minissc.functional as F
     from minissc.nn import ssc_pair
@@ -208,9 +209,9 @@ def test_ssc_module_runs_its_two_ssc_layers_as_one_op_with_the_same_results(r, m
     monkeypatch.setattr(F, "batch_norm_relu_ssc_pair", counting)
     as_one_op = run_block(ssc_pair)
     assert len(ops) == 1
-    for a, b in zip(as_one_op, run_block(two_calls)):
+    for a, b in zip(as_one_op, run_block(separate_calls)):
         np.testing.assert_array_equal(a, b)
     block = models.SSCBlock(16, 32, stride=2, r=r).eval()
     with no_grad():
         block(Tensor(np.zeros((1, 16, 6, 6), np.float32)))
-    assert len(ops) == 1  # no backward follows: the two calls
+    assert len(ops) == 1  # no backward follows: the separate calls

@@ -361,3 +361,47 @@ def test_conv2d_over_several_chunks_matches_the_oracle_on_any_thread_count(dtype
             gradients, expected, on_one_thread(dense.conv2d_backward, x, weight, upstream, 2, 1, 2)):
         assert_close(actual, oracle, tolerance)
         np.testing.assert_array_equal(actual, single_thread)
+
+
+@settings(max_examples=60)
+@given(nchw_shapes(min_values_per_channel=2), seeds, dtypes, st.booleans(), st.data())
+def test_input_grad_by_images_equals_the_whole_pass(shape, seed, dtype, batch_statistics, data):
+    """InputGradByImages[images] is batch_norm_relu_input_grad's grad_x[images], to the bit,
+    for any run of images: the statistics' count is the whole batch's, not the chunk's."""
+    x, grad_y = arrays(seed, shape, dtype), arrays(seed + 1, shape, dtype)
+    channels = shape[1]
+    mean = arrays(seed + 2, (channels,), dtype)
+    inv_std = np.abs(arrays(seed + 3, (channels,), dtype)) + dtype(0.5)
+    weight, bias = arrays(seed + 4, (channels,), dtype), arrays(seed + 5, (channels,), dtype)
+    sums = arrays(seed + 6, (channels,)), arrays(seed + 7, (channels,))
+    arguments = (grad_y, x, mean, inv_std, weight, bias, *sums, batch_statistics)
+    whole = norm.batch_norm_relu_input_grad(*arguments)[0]
+    start = data.draw(st.integers(0, shape[0] - 1))
+    images = slice(start, data.draw(st.integers(start + 1, shape[0])))
+    np.testing.assert_array_equal(norm.InputGradByImages(*arguments)[images], whole[images])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3000, 10**9])
+def test_conv2d_backward_reads_an_upstream_computed_by_chunks(chunk_bytes, monkeypatch):
+    """conv2d_backward with its upstream gradient computed a chunk of images at a time
+    (InputGradByImages) equals the same call on the whole array, to the bit, whether a chunk
+    holds one image, a few or all 37."""
+    monkeypatch.setattr(dense, "BACKWARD_CHUNK_BYTES", chunk_bytes)
+    x, weight = arrays(1, (37, 3, 5, 4)), arrays(2, (8, 3, 1, 1))
+    y = dense.conv2d_forward(x, weight, 1, 0, 1)
+    channels = np.ones(8), np.zeros(8)
+    arguments = (arrays(3, y.shape), y, *channels, *channels, arrays(4, (8,)), arrays(5, (8,)),
+                 True)
+    by_chunks = dense.conv2d_backward(x, weight, norm.InputGradByImages(*arguments), 1, 0, 1)
+    whole = dense.conv2d_backward(x, weight, norm.batch_norm_relu_input_grad(*arguments)[0],
+                                  1, 0, 1)
+    for a, b in zip(by_chunks, whole):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape,dtype,images", [
+    ((128, 144, 32, 32), np.float32, 4), ((128, 576, 8, 8), np.float32, 16),
+    ((128, 288, 32, 32), np.float32, 2), ((128, 288, 32, 32), np.float64, 1),
+    ((2, 16, 4, 4), np.float64, dense.IMAGES_PER_CHUNK)])
+def test_backward_chunks_hold_about_backward_chunk_bytes(shape, dtype, images):
+    assert dense._images_per_backward_chunk(shape, dtype) == images

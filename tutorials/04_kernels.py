@@ -490,6 +490,43 @@ compare_and_time(ssc_pair, "one op == the two ops",
                  ("two folded SSC ops", "one op, bn2's backward folded"))
 
 # %% [markdown]
+# ### And the first batch norm's backward folded into the 1x1 convolution's
+#
+# In front of SSC1 an SSC module has a 1x1 convolution, x = conv(x0) (16 -> 144 channels
+# here). bn1's grad_x pass writes dx, for the convolution's backward to read it back twice
+# (dW = dx x0^T and dx0 = W^T dx, two matrix products). The convolution's backward already
+# runs a chunk of images at a time (`dense.conv2d_backward`), so with ``conv_weight`` the pair
+# op runs the convolution too and hands its backward an object that computes dx for the
+# chunk it asks for (`norm.InputGradByImages`): each chunk of dx is made in cache and used
+# there, and dx never exists whole. Same formula, same chunks, so the same bits:
+
+# %%
+conv_x0 = rng.standard_normal((batch, 16, height, width)).astype(np.float32)
+conv_weight = (rng.standard_normal((channels, 16, 1, 1)) / 4).astype(np.float32)
+
+
+def conv_and_pair(as_one_op):
+    """Forward + backward of the 1x1 convolution and the pair op; all the gradients."""
+    leaves = [Tensor(a, requires_grad=True)
+              for a in (conv_x0, conv_weight, bn_weight, bn_bias, weight, bn_weight, bn_bias,
+                        pair_weight)]
+    x0, w0, gamma1, beta1, w1, gamma2, beta2, w2 = leaves
+    stats = [np.zeros(channels, np.float32), np.ones(channels, np.float32)] * 2
+    norms = (gamma1, beta1, *stats[:2], 0.1, 1e-5), (gamma2, beta2, *stats[2:], 0.1, 1e-5)
+    if as_one_op:
+        y = F.batch_norm_relu_ssc_pair(x0, norms[0], w1, norms[1], w2, k, shuffle_groups=groups,
+                                       conv_weight=w0)
+    else:
+        y = F.batch_norm_relu_ssc_pair(F.conv2d(x0, w0), norms[0], w1, norms[1], w2, k,
+                                       shuffle_groups=groups)
+    y.backward(pair_grad_y)
+    return [y.data] + [leaf.grad for leaf in leaves]
+
+
+compare_and_time(conv_and_pair, "one op == conv, then the pair",
+                 ("1x1 conv, then the pair op", "one op, bn1's backward folded"))
+
+# %% [markdown]
 # ## Summary
 #
 # * The NumPy twin is the specification; the Numba kernel is the same loops, parallel over

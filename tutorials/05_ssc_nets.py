@@ -61,9 +61,10 @@ rng = np.random.default_rng(0)
 # reading its input (`block.ssc1(out, input_norm=block.bn1)`), so that activation, the
 # widest tensor of the block, is never stored; and SSC2 performs the channel shuffle while
 # reading its input (`shuffle_groups`), so the shuffled copy is never stored either. In
-# training the block runs its two SSC layers as one op (`minissc.nn.ssc_pair`), whose
-# backward also hands SSC2's batch norm gradient to SSC1's kernel, which applies it as it
-# reads (tutorial 4 derives it); the results are the same to the bit.
+# training the block runs its 1x1 convolution and two SSC layers as one op
+# (`minissc.nn.ssc_pair`), whose backward also hands SSC2's batch norm gradient to SSC1's
+# kernel, which applies it as it reads, and SSC1's to the convolution's backward, a chunk
+# of images at a time (tutorial 4 derives both); the results are the same to the bit.
 
 # %%
 network = models.create("sscresnet20", r=1)

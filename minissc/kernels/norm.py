@@ -287,18 +287,64 @@ def _batch_norm_input_grad_kernel(grad_y, x, mean, inv_std, weight, relu_bias, g
     mode, where the two corrections come from the statistics' dependence on x; in eval mode
     they vanish (see `_input_grad`)."""
     batch, channels, plane = x.shape
-    count = batch * plane
-    zero = grad_x.dtype.type(0)
     for index in prange(batch * channels):
         n, c = index // channels, index % channels
-        rule = _input_grad_rule(c, mean, inv_std, weight, grad_weight, grad_bias,
-                                batch_statistics, count)
-        channel_mean, scale = rule[0], rule[1]
-        for i in range(plane):
-            grad = grad_y[n, c, i]
-            if relu_bias is not None:
-                grad = grad if _normalised(x[n, c, i], channel_mean, scale, relu_bias[c]) > 0 else zero
-            grad_x[n, c, i] = _input_grad(grad, x[n, c, i], rule)
+        _plane_input_grad(grad_y[n, c], x[n, c], c, mean, inv_std, weight, relu_bias,
+                          grad_weight, grad_bias, batch_statistics, batch * plane, grad_x[n, c])
+
+
+@njit(cache=True, nogil=True)
+def _batch_norm_input_grad_images_kernel(grad_y, x, mean, inv_std, weight, relu_bias,
+                                         grad_weight, grad_bias, batch_statistics, count,
+                                         grad_x):
+    """`_batch_norm_input_grad_kernel` for some of the batch's images (M = count, the whole
+    batch's), in one thread: `nogil`, for the threads of `minissc.kernels.dense`, which ask for
+    grad_x a chunk of images at a time (`InputGradByImages`)."""
+    batch, channels = x.shape[:2]
+    for n in range(batch):
+        for c in range(channels):
+            _plane_input_grad(grad_y[n, c], x[n, c], c, mean, inv_std, weight, relu_bias,
+                              grad_weight, grad_bias, batch_statistics, count, grad_x[n, c])
+
+
+@njit(cache=True)
+def _plane_input_grad(grads, values, c, mean, inv_std, weight, relu_bias, grad_weight,
+                      grad_bias, batch_statistics, count, out):
+    """out = grad_x of one plane of channel c (see `_batch_norm_input_grad_kernel`), from its
+    upstream `grads` masked by the ReLU (relu_bias given) and the input `values`."""
+    rule = _input_grad_rule(c, mean, inv_std, weight, grad_weight, grad_bias, batch_statistics,
+                            count)
+    channel_mean, scale = rule[0], rule[1]
+    zero = out.dtype.type(0)
+    for i in range(values.size):
+        grad = grads[i]
+        if relu_bias is not None:
+            grad = grad if _normalised(values[i], channel_mean, scale, relu_bias[c]) > 0 else zero
+        out[i] = _input_grad(grad, values[i], rule)
+
+
+class InputGradByImages:
+    """grad_x of a batch norm + ReLU (`batch_norm_relu_input_grad`), computed only for the
+    images asked for: ``grads[images]`` is grad_x[images], the same values. A consumer that
+    reads grad_x a chunk of images at a time (`minissc.kernels.dense.conv2d_backward`) then
+    gets each chunk while it is in cache, and grad_x is never written whole to memory nor
+    read back from it."""
+
+    def __init__(self, grad_y, x, mean, inv_std, weight, bias, sum_grad, sum_grad_centred,
+                 batch_statistics):
+        grad_weight, grad_bias = parameter_grads(sum_grad, sum_grad_centred, inv_std,
+                                                 weight.dtype)
+        self.shape, self.dtype = x.shape, x.dtype
+        self.count = x.size // x.shape[1]
+        self.arguments = (grad_y, x, mean, inv_std, weight, bias, grad_weight, grad_bias,
+                          batch_statistics)
+
+    def __getitem__(self, images):
+        grad_y, x, *rest = self.arguments
+        grad_x = np.empty_like(x[images])
+        _batch_norm_input_grad_images_kernel(planes(grad_y[images]), planes(x[images]), *rest,
+                                             self.count, planes(grad_x))
+        return grad_x
 
 
 @njit(cache=True)
