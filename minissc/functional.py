@@ -284,11 +284,17 @@ class BatchNorm2d(Function):
                                                      relu_bias, ctx.training)
 
 
-def _normalisation(x, running_mean, running_var, training, momentum, eps):
+def _normalisation(x, running_mean, running_var, training, momentum, eps, moments=None):
     """(mean, inv_std) of a batch norm, shape (C,) in x's dtype: the batch statistics in
-    training, which also move the running ones (if given) in place, else the running ones."""
-    if training:
+    training, which also move the running ones (if given) in place, else the running ones.
+    moments: x's plane moments, if the kernel that wrote x took them (the same statistics
+    without a pass over x, see `norm.batch_norm_statistics`)."""
+    if training and moments is not None:
+        mean, var = norm_kernels.statistics_from_moments(moments, x.shape[2] * x.shape[3],
+                                                         x.dtype)
+    elif training:
         mean, var = norm_kernels.batch_norm_statistics(x)
+    if training:
         if running_mean is not None:
             count = x.size // x.shape[1]
             unbiased_var = var * (count / (count - 1))
@@ -302,13 +308,16 @@ def _normalisation(x, running_mean, running_var, training, momentum, eps):
 
 
 def _folded_ssc_forward(x, weight, bn_weight, bn_bias, layer, running_mean, running_var,
-                        training, momentum, eps):
+                        training, momentum, eps, moments=None, output_moments=None):
     """y = SSC(relu(batch_norm(x))) with the batch norm applied by the SSC kernel as it reads
     x (layer = kernel_size, stride, shuffle_groups); also inv_std and the kernels' input norm
-    (mean, scale, bias), which the backward needs."""
-    mean, inv_std = _normalisation(x, running_mean, running_var, training, momentum, eps)
+    (mean, scale, bias), which the backward needs. moments: x's plane moments, if known;
+    output_moments: an array for y's, or None."""
+    mean, inv_std = _normalisation(x, running_mean, running_var, training, momentum, eps,
+                                   moments)
     input_norm = (mean, inv_std * bn_weight, bn_bias)
-    return ssc_kernels.ssc_forward(x, weight, *layer, input_norm=input_norm), inv_std, input_norm
+    y = ssc_kernels.ssc_forward(x, weight, *layer, input_norm=input_norm, moments=output_moments)
+    return y, inv_std, input_norm
 
 
 class BatchNormReLUSSCConv2d(Function):
@@ -357,7 +366,9 @@ class BatchNormReLUSSCPair(Function):
     forward.
 
     Forward: exactly the two ops' forwards (y1 = SSC1(a1) is kept for the backward, as the
-    second op keeps its input). Backward, by the chain rule from the top:
+    second op keeps its input), except that bn2's batch statistics come from SSC1's kernel,
+    which takes each plane's moments as it writes y1 (`norm.plane_moments`), instead of from
+    a pass that reads y1 again: the same numbers. Backward, by the chain rule from the top:
       (da2, dW2, the sums of bn2) = SSC2's backward at a2, as in the second op;
       dy1 = bn2 + ReLU's grad_x for the upstream da2: in the second op a pass of its own that
         writes dy1 to memory, for SSC1's backward to read it back. Here SSC1's backward kernel
@@ -368,11 +379,12 @@ class BatchNormReLUSSCPair(Function):
     statistics.
 
     With a bias-free 1x1 convolution in front, x = conv(x0) (the SSC module's first layer),
-    the op runs it too, so that bn1's grad_x need not exist whole either: the convolution's
-    backward (`minissc.kernels.dense.conv2d_backward`) reads its upstream dx a chunk of images
-    at a time, and here each chunk is computed when asked (`norm.InputGradByImages`), while
-    it is in cache, instead of being written to memory by a pass of its own and read back
-    twice. Same values and gradients as conv2d followed by the pair, to the bit (tested).
+    the op runs it too. bn1's statistics then come from the convolution's chunks, while
+    each is in cache, and bn1's grad_x need not exist whole either: the convolution's
+    backward (`minissc.kernels.dense.conv2d_backward`) reads its upstream dx a chunk of
+    images at a time, and here each chunk is computed when asked (`norm.InputGradByImages`),
+    in cache, instead of being written to memory by a pass of its own and read back twice.
+    Same values and gradients as conv2d followed by the pair, to the bit (tested).
     """
 
     @staticmethod
@@ -384,16 +396,19 @@ class BatchNormReLUSSCPair(Function):
         x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias = (
             np.ascontiguousarray(a)
             for a in (x, weight1, bn1_weight, bn1_bias, weight2, bn2_weight, bn2_bias))
-        ctx.conv = None
+        ctx.training = norm1["training"]
+        ctx.conv, moments1 = None, None
         if conv_weight is not None:
             ctx.conv = x, np.ascontiguousarray(conv_weight)
-            x = dense_kernels.conv2d_forward(*ctx.conv, 1, 0, 1)
-        ctx.training = norm1["training"]
+            moments1 = np.empty((x.shape[0], conv_weight.shape[0], 3)) if ctx.training else None
+            x = dense_kernels.conv2d_forward(*ctx.conv, 1, 0, 1, moments=moments1)
         ctx.layers = (kernel_size, 1, 1), (kernel_size, stride, shuffle_groups)
-        y1, inv_std1, input_norm1 = _folded_ssc_forward(x, weight1, bn1_weight, bn1_bias,
-                                                        ctx.layers[0], **norm1)
+        moments2 = np.empty((x.shape[0], weight1.shape[0], 3)) if ctx.training else None
+        y1, inv_std1, input_norm1 = _folded_ssc_forward(
+            x, weight1, bn1_weight, bn1_bias, ctx.layers[0], **norm1, moments=moments1,
+            output_moments=moments2)
         y, inv_std2, input_norm2 = _folded_ssc_forward(y1, weight2, bn2_weight, bn2_bias,
-                                                       ctx.layers[1], **norm2)
+                                                       ctx.layers[1], **norm2, moments=moments2)
         ctx.input_norms = input_norm1, input_norm2
         ctx.save_for_backward(x, weight1, bn1_weight, inv_std1, y1, weight2, bn2_weight,
                               inv_std2)

@@ -78,18 +78,27 @@ def test_channel_blocks_do_not_change_the_sums(channels_per_block):
     """A channel's sums are the same whichever channels a thread sums with it."""
     x, weight, bias, grad_y, mean, var = batch_norm_problem((3, 5, 4, 3), 11, np.float32, True)
     x, grad_y = x.reshape(3, 5, 12), grad_y.reshape(3, 5, 12)
-    kernel_inputs = [
-        (norm._batch_norm_statistics_kernel, (x,)),
-        (norm._batch_norm_parameter_grad_kernel,
-         (grad_y, x, mean, inverse_std(var), weight, bias)),
-    ]
-    for kernel, inputs in kernel_inputs:
-        one_at_a_time = np.empty(5, np.float32), np.empty(5, np.float32)
-        in_blocks = np.empty(5, np.float32), np.empty(5, np.float32)
-        kernel(*inputs, 1, *one_at_a_time)
-        kernel(*inputs, channels_per_block, *in_blocks)
-        for expected, actual in zip(one_at_a_time, in_blocks):
-            np.testing.assert_array_equal(actual, expected)
+    inputs = grad_y, x, mean, inverse_std(var), weight, bias
+    one_at_a_time = np.empty(5, np.float32), np.empty(5, np.float32)
+    in_blocks = np.empty(5, np.float32), np.empty(5, np.float32)
+    norm._batch_norm_parameter_grad_kernel(*inputs, 1, *one_at_a_time)
+    norm._batch_norm_parameter_grad_kernel(*inputs, channels_per_block, *in_blocks)
+    for expected, actual in zip(one_at_a_time, in_blocks):
+        np.testing.assert_array_equal(actual, expected)
+
+
+@settings(max_examples=50)
+@given(nchw_shapes(), seeds, dtypes, st.data())
+def test_plane_moments_of_some_images_equal_those_of_the_batch(shape, seed, dtype, data):
+    """The one-thread moments kernel that the convolution's chunks call gives, for any run of
+    images, the batch kernel's moments to the bit; so the statistics agree whoever took them."""
+    x = arrays(seed, shape, dtype, scale=3.0) + 2
+    whole = norm.plane_moments(x)
+    start = data.draw(st.integers(0, shape[0] - 1))
+    images = slice(start, data.draw(st.integers(start + 1, shape[0])))
+    moments = np.empty_like(whole[images])
+    norm.plane_moments_of_images(x[images].reshape(moments.shape[:2] + (-1,)), moments)
+    np.testing.assert_array_equal(moments, whole[images])
 
 
 @settings(max_examples=100)
@@ -405,3 +414,18 @@ def test_conv2d_backward_reads_an_upstream_computed_by_chunks(chunk_bytes, monke
     ((2, 16, 4, 4), np.float64, dense.IMAGES_PER_CHUNK)])
 def test_backward_chunks_hold_about_backward_chunk_bytes(shape, dtype, images):
     assert dense._images_per_backward_chunk(shape, dtype) == images
+
+
+@settings(max_examples=50)
+@given(conv_configs(), seeds, dtypes)
+def test_conv2d_forward_moments_equal_those_of_its_output(config, seed, dtype):
+    """conv2d_forward's plane moments, taken chunk by chunk, are norm.plane_moments(y) to the
+    bit."""
+    x = arrays(seed, (config["n"], config["c"], config["h"], config["w"]), dtype)
+    weight = arrays(seed + 1, (config["o"], config["c"] // config["groups"], config["kh"],
+                               config["kw"]), dtype)
+    layout = config["stride"], config["padding"], config["groups"]
+    moments = np.empty((config["n"], config["o"], 3))
+    y = dense.conv2d_forward(x, weight, *layout, moments=moments)
+    np.testing.assert_array_equal(y, dense.conv2d_forward(x, weight, *layout))
+    np.testing.assert_array_equal(moments, norm.plane_moments(y))

@@ -150,6 +150,25 @@ def test_input_norm_equals_the_kernels_on_the_stored_activation(kernel, config, 
 
 
 @pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@settings(max_examples=60)
+@given(ssc_configs(), seeds, dtypes, st.booleans())
+def test_forward_moments_equal_those_of_the_stored_output(kernel, config, seed, dtype,
+                                                          with_norm):
+    """ssc_forward's plane moments of y (taken by the group kernel as it writes each plane,
+    by a pass of their own otherwise) equal norm.plane_moments(y) to the bit, so the next
+    batch norm's statistics are the same whoever took them; y itself is unchanged."""
+    with stride_1_kernel(kernel):
+        x, weight, _ = ssc_problem(config, seed, dtype)
+        input_norm = input_norm_problem(config["c"], seed + 3, dtype) if with_norm else None
+        layer = (config["k"], config["stride"])
+        moments = np.empty((config["n"], config["o"], 3))
+        y = ssc.ssc_forward(x, weight, *layer, input_norm=input_norm, moments=moments)
+        np.testing.assert_array_equal(y, ssc.ssc_forward(x, weight, *layer,
+                                                         input_norm=input_norm))
+        np.testing.assert_array_equal(moments, norm.plane_moments(y))
+
+
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(strides=(1,)), seeds, dtypes, st.booleans(), st.booleans())
 def test_output_norm_equals_the_batch_norm_pass_then_the_kernels(kernel, config, seed, dtype,

@@ -38,16 +38,20 @@ import numba
 import numpy as np
 from numba import njit
 
-from minissc.kernels import (copy_shifted_plane, flat_run, plane_columns, planes, valid_range,
-                             zero_wrapped_columns)
+from minissc.kernels import (copy_shifted_plane, flat_run, norm, plane_columns, planes,
+                             valid_range, zero_wrapped_columns)
 
 IMAGES_PER_CHUNK = 16
 BACKWARD_CHUNK_BYTES = 2_500_000
 _pools = {}
 
 
-def conv2d_forward(x, weight, stride, padding, groups):
-    """y = conv2d(x, weight) with the given stride, zero padding and groups (see above)."""
+def conv2d_forward(x, weight, stride, padding, groups, moments=None):
+    """y = conv2d(x, weight) with the given stride, zero padding and groups (see above).
+
+    With moments, an array (N, O, 3), also the moments of every plane of y for its batch
+    statistics (`minissc.kernels.norm.plane_moments`), taken chunk by chunk while the chunk
+    is in cache."""
     batch = x.shape[0]
     out_channels, _, kh, kw = weight.shape
     out_h, out_w = _output_size(x.shape, kh, kw, stride, padding)
@@ -58,6 +62,8 @@ def conv2d_forward(x, weight, stride, padding, groups):
         columns = _group_columns(_im2col(x[images], kh, kw, stride, padding, out_h, out_w), groups)
         y_chunk = y[images].reshape(columns.shape[0], groups, -1, out_h * out_w)
         np.matmul(weight_groups, columns, out=y_chunk)  # (G, O/G, K) @ (n, G, K, L)
+        if moments is not None:
+            norm.plane_moments_of_images(planes(y[images]), moments[images])
 
     _run_in_chunks(forward_chunk, batch)
     return y

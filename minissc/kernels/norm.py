@@ -7,11 +7,14 @@ Batch norm normalises each channel c over its M = N * H * W values:
 The Numba kernels view x as (N, C, H * W): an innermost loop walks the contiguous H * W
 values of one (n, c) plane.
 - Elementwise passes run in `prange` over the (n, c) planes, in memory order.
-- Per-channel sums run in `prange` over blocks of consecutive channels, so each thread owns
-  whole channels (no two threads add into one sum) and reads one contiguous run of its
-  block's planes per image: 2-3x faster than one channel at a time for 8x8 planes, whose
-  runs are too short for the hardware prefetcher. A channel's sum is its plane sums added in
-  image order, in float64, whatever the block size or the number of threads.
+- The parameter-gradient sums run in `prange` over blocks of consecutive channels, so each
+  thread owns whole channels (no two threads add into one sum) and reads one contiguous run
+  of its block's planes per image: 2-3x faster than one channel at a time for 8x8 planes,
+  whose runs are too short for the hardware prefetcher. A channel's sum is its plane sums
+  added in image order, in float64, whatever the block size or the number of threads.
+- The batch statistics are taken plane by plane, in memory order (`plane_moments`), and
+  the planes' sums are added per channel in image order (`statistics_from_moments`), so
+  that a kernel that writes the planes can take their moments instead.
 - The sum kernels may reassociate (fastmath "reassoc"): LLVM then vectorises a plane sum
   into several partial sums, ~10x faster than one sequential chain, in an order fixed when
   the kernel is compiled.
@@ -44,15 +47,35 @@ def _per_channel(values):
 def batch_norm_statistics(x):
     """Per-channel mean and biased variance of x (N, C, H, W) over N, H, W; shapes (C,).
 
-    One pass over x: with d = x - K_c for a shift K_c = x[0, c, 0, 0] (a value of the channel,
-    so near its mean), mean_c = K_c + S1 / M and var_c = S2 / M - (S1 / M)^2, where S1 = sum d
-    and S2 = sum d^2. The sums run in float64, in which a product of two float32 values is
-    exact, and the shift keeps S2 / M and (S1 / M)^2 from being two large, nearly equal
-    numbers when the mean is far from 0. Returned in x's dtype.
+    One pass over x, plane by plane (`plane_moments`): each plane's sums S1 = sum d and
+    S2 = sum d^2 of d = x - K about its own first value K, in float64, in which a product of
+    two float32 values is exact. `statistics_from_moments` then moves them to one shift per
+    channel, K_c = x[0, c, 0, 0] (a value of the channel, so near its mean), adds them in
+    image order and returns mean_c = K_c + S1 / M and var_c = S2 / M - (S1 / M)^2, in x's
+    dtype. The shift keeps S2 / M and (S1 / M)^2 from being two large, nearly equal numbers
+    when the mean is far from 0. A kernel that writes x can take its plane moments while
+    each plane is in cache (the SSC group forward, the 1x1 convolution): the same numbers
+    without reading x again.
     """
-    mean = np.empty(x.shape[1], x.dtype)
-    var = np.empty(x.shape[1], x.dtype)
-    _batch_norm_statistics_kernel(planes(x), _channels_per_block(x), mean, var)
+    return statistics_from_moments(plane_moments(x), x.shape[2] * x.shape[3], x.dtype)
+
+
+def plane_moments(x):
+    """(K, S1, S2) of every plane of x (N, C, H, W), float64, shape (N, C, 3): see
+    `batch_norm_statistics`."""
+    moments = np.empty(x.shape[:2] + (3,))
+    _plane_moments_kernel(planes(x), moments)
+    return moments
+
+
+def statistics_from_moments(moments, plane_size, dtype):
+    """(mean, var) per channel, in `dtype`, from the plane moments (N, C, 3) of planes of
+    `plane_size` values (`plane_moments`): each plane's sums moved from its own shift K to the
+    channel's, K_c = the first image's K (with e = K - K_c, sum (x - K_c) = S1 + m e and
+    sum (x - K_c)^2 = S2 + e (2 S1 + m e)), added in image order."""
+    mean = np.empty(moments.shape[1], dtype)
+    var = np.empty(moments.shape[1], dtype)
+    _statistics_from_moments_kernel(moments, plane_size, mean, var)
     return mean, var
 
 
@@ -65,33 +88,55 @@ def _channels_per_block(x):
     return max(1, min(for_long_runs, for_all_threads))
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _batch_norm_statistics_kernel(x, channels_per_block, mean, var):
-    batch, channels, plane = x.shape
-    count = batch * plane
-    for block in prange(-(-channels // channels_per_block)):
-        first = block * channels_per_block
-        block_size = min(channels_per_block, channels - first)
-        shifts = np.empty(block_size)
-        for k in range(block_size):
-            shifts[k] = x[0, first + k, 0]
-        totals = np.zeros(block_size)
-        squares = np.zeros(block_size)
+@njit(cache=True, fastmath={"reassoc"})
+def _plane_moments(values, out):
+    """out[:] = (K, S1, S2) of one plane: its first value K and, in float64, the sums of
+    d = value - K and of d^2. One function for every kernel that takes them (`reassoc`:
+    vectorised in lanes, in an order fixed at compile time), so they agree to the bit."""
+    shift = np.float64(values[0]) if values.size else np.float64(0)
+    total = np.float64(0)
+    squares = np.float64(0)
+    for i in range(values.size):
+        deviation = np.float64(values[i]) - shift
+        total += deviation
+        squares += deviation * deviation
+    out[0], out[1], out[2] = shift, total, squares
+
+
+@njit(cache=True, parallel=True)
+def _plane_moments_kernel(x, moments):
+    batch, channels = x.shape[:2]
+    for index in prange(batch * channels):
+        n, c = index // channels, index % channels
+        _plane_moments(x[n, c], moments[n, c])
+
+
+@njit(cache=True, nogil=True)
+def plane_moments_of_images(x, moments):
+    """`_plane_moments_kernel` in one thread: `nogil`, for the chunk threads of
+    `minissc.kernels.dense`; x (n, C, H * W), moments (n, C, 3)."""
+    batch, channels = x.shape[:2]
+    for n in range(batch):
+        for c in range(channels):
+            _plane_moments(x[n, c], moments[n, c])
+
+
+@njit(cache=True, parallel=True)
+def _statistics_from_moments_kernel(moments, plane_size, mean, var):
+    batch, channels = moments.shape[:2]
+    count = batch * plane_size
+    for c in prange(channels):
+        shift = moments[0, c, 0]
+        total = np.float64(0)
+        squares = np.float64(0)
         for n in range(batch):
-            for k in range(block_size):
-                shift = shifts[k]
-                plane_total = np.float64(0)
-                plane_squares = np.float64(0)
-                for i in range(plane):
-                    deviation = np.float64(x[n, first + k, i]) - shift
-                    plane_total += deviation
-                    plane_squares += deviation * deviation
-                totals[k] += plane_total
-                squares[k] += plane_squares
-        for k in range(block_size):
-            shifted_mean = totals[k] / count
-            mean[first + k] = shifts[k] + shifted_mean
-            var[first + k] = max(0.0, squares[k] / count - shifted_mean * shifted_mean)
+            plane_shift, plane_total, plane_squares = moments[n, c]
+            offset = plane_shift - shift
+            total += plane_total + plane_size * offset
+            squares += plane_squares + offset * (2 * plane_total + plane_size * offset)
+        shifted_mean = total / count
+        mean[c] = shift + shifted_mean
+        var[c] = max(0.0, squares / count - shifted_mean * shifted_mean)
 
 
 def batch_norm_statistics_reference(x):

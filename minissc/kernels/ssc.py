@@ -29,7 +29,8 @@ from numba import njit, prange
 
 from minissc.kernels import copy_shifted_plane, flat_run, plane_columns, planes, valid_range
 from minissc.kernels import norm
-from minissc.kernels.norm import _input_grad, _input_grad_rule, _normalised, _plane_grad_sums
+from minissc.kernels.norm import (_input_grad, _input_grad_rule, _normalised, _plane_grad_sums,
+                                  _plane_moments)
 
 
 def shift_offsets(channels, kernel_size, group_size):
@@ -358,7 +359,7 @@ def _weight_or_zero(weight, o, i, stop):
 
 @njit(cache=True, parallel=True)
 def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, input_norm, width,
-                          columns, y):
+                          columns, y, moments):
     """Stride 1, planes flat, for groups with several outputs: the same sums as
     `_flat_forward_kernel`, with the shift done once per group instead of once per output.
 
@@ -415,6 +416,8 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
                     w, shifted_plane = weight[o, i], shifted[i]
                     for k in range(plane_size):
                         y_plane[k] += w * shifted_plane[k]
+                if moments.shape[0]:  # the plane's moments for the next batch norm, in cache
+                    _plane_moments(y_plane, moments[n, o])
 
 
 @njit(cache=True)
@@ -597,22 +600,29 @@ def _shift_once_per_group(x, weight):
 
 
 def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuffle_groups=1,
-                               input_norm=None):
-    """Allocate y (N, O, Ho, Wo) and run a forward kernel; offsets are indexed by i < G."""
+                               input_norm=None, moments=None):
+    """Allocate y (N, O, Ho, Wo) and run a forward kernel; offsets are indexed by i < G. With
+    moments (N, O, 3), also y's plane moments (`norm.plane_moments`): taken by the group
+    kernel as it writes each plane, else in a pass of their own."""
     batch, channels, height, width = x.shape
     y = np.empty((batch, weight.shape[0], output_size(height, stride), output_size(width, stride)),
                  dtype=x.dtype)
     input_channels = shuffled_channels(channels, shuffle_groups)
     input_norm = input_norm or _no_input_norm(x.dtype)
     if stride == 1 and _shift_once_per_group(x, weight):
+        kernel_moments = np.empty((0, 0, 3)) if moments is None else moments
         _group_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels,
-                              input_norm, width, plane_columns(width, height), planes(y))
-    elif stride == 1:
+                              input_norm, width, plane_columns(width, height), planes(y),
+                              kernel_moments)
+        return y
+    if stride == 1:
         _flat_forward_kernel(planes(x), weight, row_offsets, col_offsets, input_channels,
                              input_norm, width, plane_columns(width, height), planes(y))
     else:
         _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_channels,
                                 input_norm, y)
+    if moments is not None:
+        moments[...] = norm.plane_moments(y)
     return y
 
 
@@ -685,7 +695,8 @@ def group_pointwise_backward(x, weight, grad_y, stride):
     return _shifted_pointwise_backward(x, weight, grad_y, no_offsets, no_offsets, stride)
 
 
-def ssc_forward(x, weight, kernel_size, stride, shuffle_groups=1, input_norm=None):
+def ssc_forward(x, weight, kernel_size, stride, shuffle_groups=1, input_norm=None,
+                moments=None):
     """Fused SSC: y = group_pointwise(shift(x)) without storing shift(x); G = weight.shape[1].
 
     y[n, o, Y, X] = sum_{i<G} W[o, i] * x[n, g(o)*G + i, Y*s + dy_i, X*s + dx_i]  (0 outside).
@@ -693,11 +704,14 @@ def ssc_forward(x, weight, kernel_size, stride, shuffle_groups=1, input_norm=Non
     through the index map `shuffled_channels`: no shuffled copy either. With input_norm =
     (mean, scale, bias), arrays (C,) in x's dtype, it reads a = relu((x - mean) * scale + bias)
     instead of x (a batch norm + ReLU in front of the layer, scale = inv_std * weight): y is
-    the SSC of a, and a is never stored.
+    the SSC of a, and a is never stored. With moments, a float64 array (N, O, 3), it also
+    fills in y's plane moments for y's batch statistics (`minissc.kernels.norm.plane_moments`;
+    the group kernel takes them as it writes each plane).
     """
     group_size = weight.shape[1]
     dy, dx = shift_offsets(group_size, kernel_size, group_size)
-    return _shifted_pointwise_forward(x, weight, dy, dx, stride, shuffle_groups, input_norm)
+    return _shifted_pointwise_forward(x, weight, dy, dx, stride, shuffle_groups, input_norm,
+                                      moments)
 
 
 def ssc_backward(x, weight, grad_y, kernel_size, stride, shuffle_groups=1, input_norm=None,
