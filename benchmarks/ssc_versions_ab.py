@@ -11,14 +11,18 @@ whole training steps of sscresnet20, swapping `ssc_forward` / `ssc_backward` bet
 versions step by step. `--pair layers` times the current code's sscresnet20 training steps
 with an SSC module's two layers as one op (`minissc.nn.ssc_pair`) against the two separate
 calls (the 1x1 convolution in front called on its own in both); `--pair conv` the op with the
-convolution folded in against the convolution, then the op.
+convolution folded in against the convolution, then the op. `--steps-against` times whole
+training steps of this checkout against those of another revision (a git worktree), each in
+fresh processes, alternating: for changes outside the SSC kernels.
 Run it on an otherwise idle machine:
 
     python benchmarks/ssc_versions_ab.py --against 1c11bb2 [--norm] [--network] [--rounds 25]
     python benchmarks/ssc_versions_ab.py --pair {layers,conv}
+    python benchmarks/ssc_versions_ab.py --steps-against e776f6e [--rounds 24]
 """
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,6 +77,43 @@ def alternate(calls: dict, rounds: int) -> dict:
     return times
 
 
+def time_calls(call, repeats: int) -> list:
+    """Seconds of `repeats` calls, after two untimed ones (compile or cache load, warm-up)."""
+    call()
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def compare_steps(revision: str, rounds: int, steps: int = 8) -> None:
+    """sscresnet20 training steps (r = 1, 2) of this checkout against those of `revision`
+    (a git worktree of it), each side in a fresh process per round, the two alternating;
+    reports each side's median of the rounds' median step and the median ratio new / old.
+    For changes beyond the SSC kernels, which `--network` swaps within one process."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as directory:
+        old_tree = Path(directory) / "old"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old_tree), revision],
+                       cwd=root, check=True)
+        try:
+            for r in (1, 2):
+                times = {"old": [], "new": []}
+                for _ in range(rounds):
+                    for name, tree in (("old", old_tree), ("new", root)):
+                        times[name].append(1e-3 * float(subprocess.run(
+                            [sys.executable, __file__, "--worker-steps", str(r), str(steps)],
+                            env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
+                            capture_output=True, text=True).stdout.split()[-1]))
+                report(f"sscresnet20 r={r} step, fresh processes", times)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=root,
+                           check=True)
+
+
 def report(label: str, times: dict) -> None:
     old, new = np.array(times["old"]), np.array(times["new"])
     print(f"{label:34s} old {1e3 * np.median(old):7.2f} ms  new {1e3 * np.median(new):7.2f} ms"
@@ -88,9 +129,19 @@ def main(argv=None):
     parser.add_argument("--pair", choices=("layers", "conv"),
                         help="training steps with and without the SSC pair op (layers), or "
                              "with and without the 1x1 convolution folded into it (conv)")
+    parser.add_argument("--steps-against", metavar="REVISION",
+                        help="whole training steps of this checkout against REVISION's, in "
+                             "fresh processes, alternating")
+    parser.add_argument("--worker-steps", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if not (args.against or args.pair):
-        parser.error("give --against REVISION, --pair, or both")
+    if args.worker_steps:
+        r, steps = args.worker_steps
+        print(1e3 * np.median(time_calls(training_step(r), steps)))
+        return 0
+    if not (args.against or args.pair or args.steps_against):
+        parser.error("give --against REVISION, --pair, --steps-against REVISION, or several")
+    if args.steps_against:
+        compare_steps(args.steps_against, max(2, args.rounds // 8))
     if args.against:
         compare_kernels(args)
     if args.pair:
