@@ -289,12 +289,10 @@ def _normalisation(x, running_mean, running_var, training, momentum, eps, moment
     training, which also move the running ones (if given) in place, else the running ones.
     moments: x's plane moments, if the kernel that wrote x took them (the same statistics
     without a pass over x, see `norm.batch_norm_statistics`)."""
-    if training and moments is not None:
-        mean, var = norm_kernels.statistics_from_moments(moments, x.shape[2] * x.shape[3],
-                                                         x.dtype)
-    elif training:
-        mean, var = norm_kernels.batch_norm_statistics(x)
     if training:
+        mean, var = (norm_kernels.batch_norm_statistics(x) if moments is None else
+                     norm_kernels.statistics_from_moments(moments, x.shape[2] * x.shape[3],
+                                                          x.dtype))
         if running_mean is not None:
             count = x.size // x.shape[1]
             unbiased_var = var * (count / (count - 1))

@@ -117,8 +117,9 @@ def _images_per_backward_chunk(grad_y_shape, dtype):
     (`minissc.kernels.norm.InputGradByImages`) it is never in memory at all. It depends on
     the shapes only, never on the number of threads, so the weight gradient's chunk sums
     are the same on any machine. Measured on the 1x1 convolution 16 -> 144 at 32x32 with a
-    batch norm's grad_x computed by chunks (batch 128, 2 threads): 16 images a chunk 28.5
-    ms, 4 images 25.0 ms, 2 images 26.6 ms; 64 -> 576 at 8x8: 14.7, 15.2, 18.0 ms."""
+    batch norm's grad_x computed by chunks (a scratch script, median of 9 alternating calls,
+    batch 128, 2 threads): 16 images a chunk 28.5 ms, 4 images 25.0 ms, 2 images 26.6 ms;
+    64 -> 576 at 8x8: 14.7, 15.2, 18.0 ms."""
     bytes_per_image = np.dtype(dtype).itemsize * int(np.prod(grad_y_shape[1:]))
     return max(1, min(IMAGES_PER_CHUNK, BACKWARD_CHUNK_BYTES // bytes_per_image))
 
