@@ -127,10 +127,12 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   once into a small scratch block (per sample, in cache) and each output is a plain
 #   weighted sum of the block, nine inputs per pass: no offsets, no select. Its backward,
 #   `_group_backward_kernel`, goes input by input and takes the group's nine outputs in one
-#   pass: it reads the input through the select once, writes its gradient plane once, and
-#   keeps the nine weight sums side by side in registers. `ssc_forward` picks this pair when
-#   a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs (`benchmarks/ssc_kernel_ab.py`
-#   compares the two pairs).
+#   pass: it reads the input once, writes its gradient plane once, and keeps the nine weight
+#   sums side by side in registers. It first copies the group's upstream planes into a block
+#   with zero margins, so that each loop runs over a whole plane (a multiple of the vector
+#   width) instead of over a run that ends in a scalar remainder. `ssc_forward` picks this
+#   pair when a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs
+#   (`benchmarks/ssc_kernel_ab.py` compares the two pairs).
 
 # %%
 print(inspect.getsource(ssc._flat_forward_kernel.py_func))
@@ -458,7 +460,7 @@ compare_and_time(bn_relu_ssc, "fused op == the pair",
 # for SSC1's backward to read back: a write and a read of y1's size. But every term of
 # dy1 is known once SSC2's backward is done (da2, y1 and the two sums), so SSC1's backward
 # kernel can compute dy1 itself, for one group of outputs at a time, just before it reads
-# them (``output_norm`` of `ssc.ssc_backward`, the helper `_upstream_block`). It uses the
+# them (``output_norm`` of `ssc.ssc_backward`, the helper `_fill_upstream_block`). It uses the
 # batch norm kernel's own expression (`norm._input_grad`), so dy1 is rounded the same way.
 # `F.batch_norm_relu_ssc_pair` is the two layers as one op with this backward; an SSC
 # module uses it in training (`minissc.nn.ssc_pair`). Against the two ops:

@@ -432,9 +432,10 @@ def _store_if_inside(sums, o, stop, value):
 
 
 @njit(cache=True)
-def _upstream_block(grad_y, n, first_output, stop, output_norm, block):
-    """The upstream gradients of outputs first_output ... stop - 1 of sample n, one row each:
-    grad_y[n, first_output:stop] itself, or, with an output norm, `block` filled with them.
+def _fill_upstream_block(grad_y, n, first_output, stop, output_norm, block, margin):
+    """Write the upstream gradients of outputs first_output ... stop - 1 of sample n into
+    block[j, margin:margin + plane size], one row each (the block's margins stay 0): the
+    rows of grad_y itself, or, with an output norm, computed from it.
 
     An output norm (y, mean, inv_std, weight, bias, grad_weight, grad_bias, batch_statistics)
     says that the layer's output y is read by a batch norm + ReLU, a = relu(batch_norm(y)),
@@ -447,8 +448,11 @@ def _upstream_block(grad_y, n, first_output, stop, output_norm, block):
     are rounded as that pass rounds them.
     """
     y, mean, inv_std, weight, bias, grad_weight, grad_bias, batch_statistics = output_norm
+    plane_size = grad_y.shape[2]
     if mean.size == 0:
-        return grad_y[n, first_output:stop]
+        for j in range(stop - first_output):
+            block[j, margin:margin + plane_size] = grad_y[n, first_output + j]
+        return
     count = y.shape[0] * y.shape[2]
     zero = block.dtype.type(0)
     for j in range(stop - first_output):
@@ -456,72 +460,67 @@ def _upstream_block(grad_y, n, first_output, stop, output_norm, block):
         rule = _input_grad_rule(o, mean, inv_std, weight, grad_weight, grad_bias,
                                 batch_statistics, count)
         channel_mean, scale = rule[0], rule[1]
-        grads, values, row = grad_y[n, o], y[n, o], block[j]
-        for k in range(row.size):
+        grads, values, row = grad_y[n, o], y[n, o], block[j, margin:margin + plane_size]
+        for k in range(plane_size):
             kept = _normalised(values[k], channel_mean, scale, bias[o]) > 0
             row[k] = _input_grad(grads[k] if kept else zero, values[k], rule)
-    return block[:stop - first_output]
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels,
-                           input_norm, output_norm, width, columns, grad_x, grad_weight_per_sample,
+                           input_norm, output_norm, width, masks, grad_x, grad_weight_per_sample,
                            norm_sums):
     """Gradients of `_group_forward_kernel`, one sample n per parallel iteration.
 
     For each input i of group g and the group's outputs o, with off_i = dy_i W + dx_i:
-        grad_x[n, c_i, k + off_i] = sum_o W[o, i] * grad_y[n, o, k],
-        grad_weight_per_sample[n, o, i] = sum_k grad_y[n, o, k] * x[n, c_i, k + off_i]
-    over the k whose shifted read lies inside the image: the run t < count of `flat_run`
-    (k = first_out + t reads first_in + t), minus the k whose column wraps, dropped by a
-    select as in `_flat_forward_kernel`. Every other entry of grad_x[n, c_i] is 0: no output
-    read it. The reads go straight to x at the shifted index; copying the plane shifted
-    first, as the forward does, cost more than the pass itself on 8x8 planes (short loops),
-    and here it would be paid once per input rather than once per group.
+        grad_x[n, c_i, j] = sum_o W[o, i] * grad_y[n, o, j - off_i],
+        grad_weight_per_sample[n, o, i] = sum_j grad_y[n, o, j - off_i] * x[n, c_i, j]
+    over the input positions j whose output position j - off_i lies inside the image, row
+    and column (masks[i, j] = 1, `backward_masks`); every other entry of grad_x[n, c_i] is 0:
+    no output read it. The group's upstream rows are first copied into a block with zero
+    margins (`_fill_upstream_block`), so that row o read from j - off_i is a plain slice of
+    the block for every j: the loops run over whole planes, with no run to compute, and
+    their length is a multiple of the vector width. The loops over the run of `flat_run`
+    that this replaced ended in a scalar remainder of up to 15 values, half of an 8x8 plane:
+    against them (`benchmarks/ssc_versions_ab.py --against bb24bcf --rounds 15`, median
+    ratio new / old, 2 threads, batch 128) 0.87 at 576->576 8x8 (0.88 with an input norm),
+    0.94-0.99 at 288->288 16x16, 0.97-1.01 at 144->144 32x32.
 
-    The group's first nine outputs share one pass over the run: it reads the input and writes
-    the gradient plane once for all nine, and their nine weight sums run side by side in
-    vector registers. A group with fewer than nine outputs reads its last output again in the
-    missing places, with weight 0, and drops their sums (with a non-finite grad_y that adds
-    0 * inf = NaN where the exact sum is inf); outputs past nine are added one by one. With an
-    input norm each value is normalised as it is read (`_normalised_value`, rounded as the
-    forward rounds it), and norm_sums[n, c_i] gets the plane's `_input_norm_grad_sums` as
-    soon as grad_x[n, c_i] is written, while it is in cache. Each input channel belongs to
+    The group's first nine outputs share one pass over the plane: it reads the input and
+    writes the gradient plane once for all nine, and their nine weight sums run side by side
+    in vector registers. A group with fewer than nine outputs reads its last output again in
+    the missing places, with weight 0, and drops their sums (with a non-finite grad_y that
+    adds 0 * inf = NaN where the exact sum is inf); outputs past nine are added one by one.
+    With an input norm each value is normalised as it is read (`_normalised_value`, rounded
+    as the forward rounds it), and norm_sums[n, c_i] gets the plane's `_input_norm_grad_sums`
+    as soon as grad_x[n, c_i] is written, while it is in cache. Each input channel belongs to
     one group, so every grad_x plane is written by one iteration.
-
-    Against the previous kernel (a shifted copy of each input, then three outputs per pass),
-    in one process, call by call, idle, 2 threads, batch 128 (`benchmarks/ssc_versions_ab.py
-    --against 1c11bb2`, median ratio new / old of 15-25 calls): 0.74-0.77 at 576->576 8x8,
-    0.64-0.91 at 144->144 32x32, 0.74-0.80 at 288->288 16x16.
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
     groups = channels // group_size
     outputs_per_group = out_channels // groups
-    height = plane_size // width
     zero = x.dtype.type(0)
+    margin = 0
+    for i in range(group_size):
+        margin = max(margin, abs(row_offsets[i] * width + col_offsets[i]))
     for n in prange(batch):
-        block = np.empty((outputs_per_group if output_norm[1].size else 0, plane_size), x.dtype)
+        block = np.zeros((max(outputs_per_group, 9), plane_size + 2 * margin), x.dtype)
         for g in range(groups):
             first_output, stop = g * outputs_per_group, (g + 1) * outputs_per_group
-            upstream = _upstream_block(grad_y, n, first_output, stop, output_norm, block)
+            _fill_upstream_block(grad_y, n, first_output, stop, output_norm, block, margin)
             for i in range(group_size):
                 channel = input_channels[g * group_size + i]
                 plane = x[n, channel]
                 channel_norm = _channel_norm(input_norm, channel)
-                col_offset = col_offsets[i]
-                first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
+                mask = masks[i]
                 grad_x_plane = grad_x[n, channel]
-                for k in range(min(first_in, plane_size)):  # past the end if the run is empty
-                    grad_x_plane[k] = zero
-                for k in range(first_in + count, plane_size):
-                    grad_x_plane[k] = zero
+                first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
+                rows = block[:, first:first + plane_size]
                 o, last = first_output, stop - first_output - 1  # nine outputs in one pass
-                grad0, grad1, grad2 = upstream[0], upstream[min(1, last)], upstream[min(2, last)]
-                grad3, grad4, grad5 = upstream[min(3, last)], upstream[min(4, last)], \
-                    upstream[min(5, last)]
-                grad6, grad7, grad8 = upstream[min(6, last)], upstream[min(7, last)], \
-                    upstream[min(8, last)]
+                grad0, grad1, grad2 = rows[0], rows[min(1, last)], rows[min(2, last)]
+                grad3, grad4, grad5 = rows[min(3, last)], rows[min(4, last)], rows[min(5, last)]
+                grad6, grad7, grad8 = rows[min(6, last)], rows[min(7, last)], rows[min(8, last)]
                 w0, w1, w2 = weight[o, i], _weight_or_zero(weight, o + 1, i, stop), \
                     _weight_or_zero(weight, o + 2, i, stop)
                 w3, w4, w5 = _weight_or_zero(weight, o + 3, i, stop), \
@@ -529,17 +528,15 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                 w6, w7, w8 = _weight_or_zero(weight, o + 6, i, stop), \
                     _weight_or_zero(weight, o + 7, i, stop), _weight_or_zero(weight, o + 8, i, stop)
                 sum0 = sum1 = sum2 = sum3 = sum4 = sum5 = sum6 = sum7 = sum8 = zero
-                for t in range(count):
-                    k = first_out + t
-                    col = columns[k] + col_offset
-                    inside = (col >= 0) & (col < width)
-                    value = _normalised_value(plane[first_in + t], channel_norm, zero)
+                for j in range(plane_size):
+                    inside = mask[j] != zero
+                    value = _normalised_value(plane[j], channel_norm, zero)
                     value = value if inside else zero
-                    up0, up1, up2, up3, up4 = grad0[k], grad1[k], grad2[k], grad3[k], grad4[k]
-                    up5, up6, up7, up8 = grad5[k], grad6[k], grad7[k], grad8[k]
+                    up0, up1, up2, up3, up4 = grad0[j], grad1[j], grad2[j], grad3[j], grad4[j]
+                    up5, up6, up7, up8 = grad5[j], grad6[j], grad7[j], grad8[j]
                     grad = (w0 * up0 + w1 * up1 + w2 * up2 + w3 * up3 + w4 * up4
                             + w5 * up5 + w6 * up6 + w7 * up7 + w8 * up8)
-                    grad_x_plane[first_in + t] = grad if inside else zero
+                    grad_x_plane[j] = grad if inside else zero
                     sum0 += up0 * value
                     sum1 += up1 * value
                     sum2 += up2 * value
@@ -560,20 +557,27 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                 _store_if_inside(sums, o + 7, stop, sum7)
                 _store_if_inside(sums, o + 8, stop, sum8)
                 for o in range(first_output + 9, stop):  # the outputs past nine, one by one
-                    grad_y_plane, w = upstream[o - first_output], weight[o, i]
+                    grad_y_plane, w = rows[o - first_output], weight[o, i]
                     weight_sum = zero
-                    for t in range(count):
-                        k = first_out + t
-                        col = columns[k] + col_offset
-                        inside = (col >= 0) & (col < width)
-                        grad = grad_y_plane[k] if inside else zero
-                        grad_x_plane[first_in + t] += w * grad
-                        weight_sum += grad * _normalised_value(plane[first_in + t], channel_norm,
-                                                               zero)
+                    for j in range(plane_size):
+                        grad = grad_y_plane[j] if mask[j] != zero else zero
+                        grad_x_plane[j] += w * grad
+                        weight_sum += grad * _normalised_value(plane[j], channel_norm, zero)
                     grad_weight_per_sample[n, o, i] = weight_sum
                 if input_norm[0].size:
                     _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
                                           norm_sums[n, channel])
+
+
+def backward_masks(row_offsets, col_offsets, height, width, dtype):
+    """masks[i, j] = 1 where input position j of a flat plane is read by an output of a shift
+    by (row_offsets[i], col_offsets[i]), i.e. where the output position j - off_i lies inside
+    the image, row and column; else 0. In x's dtype, so that a kernel's select on it runs in
+    the lanes of its values."""
+    rows = np.arange(height)[None, :, None] - row_offsets[:, None, None]
+    cols = np.arange(width)[None, None, :] - col_offsets[:, None, None]
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    return inside.reshape(len(row_offsets), height * width).astype(dtype)
 
 
 def channel_shuffle(x, groups):
@@ -660,7 +664,8 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     if group_kernel:
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
                                input_channels, kernel_input_norm, kernel_output_norm, width,
-                               plane_columns(width, height), planes(grad_x),
+                               backward_masks(row_offsets, col_offsets, height, width, x.dtype),
+                               planes(grad_x),
                                grad_weight_per_sample, norm_sums)
     elif stride == 1:
         _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
