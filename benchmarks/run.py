@@ -67,6 +67,13 @@ NETWORK_TOLERANCE = {"eval logits": 1e-3, "train logits": 1e-3, "loss": 1e-3,
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 RESULT_MARK = "@@result "
 BUSY_LOAD = 0.5  # a 1-minute load average above this at the start gets a warning
+# minissc asks glibc to keep freed memory for the next allocation (`minissc.runtime`); torch
+# leaves malloc as it is, so its large buffers go back to the kernel when freed and page-fault
+# in afresh at every step. "torch, freed memory kept" is torch run with the same two malloc
+# settings, as glibc tunables (glibc >= 2.26; other C libraries ignore them).
+KEPT_MEMORY_ENV = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"}
+TORCH_KEPT = "torch_kept"
 
 
 class EquivalenceError(RuntimeError):
@@ -519,16 +526,28 @@ def _per_round(config: dict, key: str) -> int:
     return -(-config[key] // config.get("rounds", 1))
 
 
+def timed_frameworks(torch) -> list[str]:
+    """What the layer and network sections time: minissc, and with torch, torch as it comes
+    and torch with freed memory kept (KEPT_MEMORY_ENV)."""
+    return ["minissc"] + ([] if torch is None else ["torch", TORCH_KEPT])
+
+
 def alternate_workers(name: str, frameworks: list[str], config: dict, threads: int,
                       task: dict) -> dict:
     """{framework: [result of each round]}: run the worker once per round and framework, in
-    fresh processes, the frameworks alternating within every round."""
+    fresh processes, the frameworks alternating within every round. TORCH_KEPT is the torch
+    worker with KEPT_MEMORY_ENV, without the dense-kernel variant of the SSC layers."""
     results = {framework: [] for framework in frameworks}
     for index, round_config in enumerate(round_configs(config)):
         for framework in frameworks:
             log(f"  timing {framework} (fresh process, round {index + 1}/{config['rounds']})")
-            results[framework].append(run_worker(name, threads, config["batch"], task=dict(
-                task, framework=framework, config=round_config)))
+            env, worker_config = None, round_config
+            if framework == TORCH_KEPT:
+                env = dict(os.environ, **KEPT_MEMORY_ENV)
+                worker_config = dict(round_config, torch_dense=False)
+            results[framework].append(run_worker(name, threads, config["batch"], env=env,
+                                                 task=dict(task, config=worker_config,
+                                                           framework=framework.split("_")[0])))
     return results
 
 
@@ -551,10 +570,10 @@ def bench_layers(specs: list[dict], torch, config: dict, threads: int) -> list[d
     """Check every layer here, then time each framework in fresh processes of its own,
     alternating rounds (`alternate_workers`)."""
     checks = check_layers(specs, torch, config)
-    frameworks = ["minissc"] + (["torch"] if torch is not None else [])
     timings = {framework: merge_layer_rounds(rounds) for framework, rounds in
-               alternate_workers("layers", frameworks, config, threads,
+               alternate_workers("layers", timed_frameworks(torch), config, threads,
                                  dict(specs=specs)).items()}
+    timings[TORCH_KEPT] = [{TORCH_KEPT: layer["torch"]} for layer in timings.get(TORCH_KEPT, [])]
     results = []
     for index, spec in enumerate(specs):
         result = {key: spec[key] for key in ("label", "kind", "input_shape", "output_shape",
@@ -567,6 +586,8 @@ def bench_layers(specs: list[dict], torch, config: dict, threads: int) -> list[d
         if torch is not None:
             minissc_total = result["minissc"]["total_median_s"]
             result["speedup_vs_torch"] = result["torch"]["total_median_s"] / minissc_total
+            result["speedup_vs_torch_kept"] = (result[TORCH_KEPT]["total_median_s"]
+                                               / minissc_total)
             if "torch_dense" in result:
                 best = min(result["torch"]["total_median_s"],
                            result["torch_dense"]["total_median_s"])
@@ -821,8 +842,8 @@ def bench_networks(torch, config: dict, batch: int, threads: int) -> list[dict]:
             np.savez(state_path, **model.state_dict())
             models.append((name, options, str(state_path)))
             results.append(result)
-        frameworks = ["minissc"] + (["torch"] if torch is not None else [])
-        rounds = alternate_workers("networks", frameworks, config, threads, dict(models=models))
+        rounds = alternate_workers("networks", timed_frameworks(torch), config, threads,
+                                   dict(models=models))
         for framework, framework_rounds in rounds.items():
             for result, per_round in zip(results, zip(*framework_rounds)):
                 result[framework] = merge_step_rounds(per_round, batch)
@@ -831,8 +852,10 @@ def bench_networks(torch, config: dict, batch: int, threads: int) -> list[dict]:
     if torch is not None:
         for result in results:
             for kind in ("train", "infer"):
-                result[f"{kind}_speedup"] = (result["minissc"][f"{kind}_images_per_s"]
-                                             / result["torch"][f"{kind}_images_per_s"])
+                ours = result["minissc"][f"{kind}_images_per_s"]
+                result[f"{kind}_speedup"] = ours / result["torch"][f"{kind}_images_per_s"]
+                result[f"{kind}_speedup_vs_torch_kept"] = (
+                    ours / result[TORCH_KEPT][f"{kind}_images_per_s"])
     return results
 
 
@@ -1017,14 +1040,19 @@ def evaluate_targets(results: dict) -> list[dict]:
     speedups = [(layer["speedup_vs_torch"], layer["label"]) for layer in ssc_layers
                 if "speedup_vs_torch" in layer]
     worst = min(speedups) if speedups else (None, "")
+    kept = [layer["speedup_vs_torch_kept"] for layer in ssc_layers
+            if "speedup_vs_torch_kept" in layer]
     add("SSC layer fwd+bwd vs torch, every sscresnet20 shape (worst)", worst[0], 5.0,
-        detail=worst[1])
+        detail=worst[1] + (f"; vs torch with freed memory kept, worst {min(kept):.2f}x"
+                           if kept else ""))
     for (name, options), threshold in ((("sscresnet20", {"r": 1}), 10.0),
                                        (("shiftresnet20", {"e": 3}), 2.0),
                                        (("resnet20", {}), 0.5)):
-        network = _network(results, name, options)
-        add(f"{model_label(name, options)} training vs torch",
-            network.get("train_speedup") if network else None, threshold)
+        network = _network(results, name, options) or {}
+        kept = network.get("train_speedup_vs_torch_kept")
+        add(f"{model_label(name, options)} training vs torch", network.get("train_speedup"),
+            threshold, detail="" if kept is None else
+            f"vs torch with freed memory kept: {kept:.2f}x")
     network = _network(results, "sscresnet20", {"r": 1})
     add("sscresnet20 r=1 training images/s", network["minissc"]["train_images_per_s"]
         if network else None, 200.0, unit="img/s")
@@ -1087,7 +1115,8 @@ def format_report(results: dict) -> str:
                       f"(NumPy twin: {config['reference_repeats']}); speedup = torch time / "
                       f"minissc time, forward + backward",
                   f"{'layer':32} {'uses':>4} {'minissc fwd':>11} {'bwd':>8} {'1st call':>9} "
-                  f"{'twin fwd':>9} {'bwd':>8} {'torch fwd':>9} {'bwd':>8} {'speedup':>8}"]
+                  f"{'twin fwd':>9} {'bwd':>8} {'torch fwd':>9} {'bwd':>8} {'speedup':>8} "
+                  f"{'kept f+b':>8} {'speedup':>8}"]
         for layer in results["layers"]:
             ours, twin = layer["minissc"], layer["reference"]
             theirs = layer.get("torch", {})
@@ -1097,7 +1126,9 @@ def format_report(results: dict) -> str:
                 f"{_ms(ours['first_call_s']):>9} {_ms(twin['forward_median_s']):>9} "
                 f"{_ms(twin['backward_median_s']):>8} {_ms(theirs.get('forward_median_s')):>9} "
                 f"{_ms(theirs.get('backward_median_s')):>8} "
-                f"{_ratio(layer.get('speedup_vs_torch')):>8}")
+                f"{_ratio(layer.get('speedup_vs_torch')):>8} "
+                f"{_ms(layer.get(TORCH_KEPT, {}).get('total_median_s')):>8} "
+                f"{_ratio(layer.get('speedup_vs_torch_kept')):>8}")
             if "torch_dense" in layer:
                 dense = layer["torch_dense"]
                 lines.append(f"{'  torch as one grouped 3x3 conv':32} {'':>4} {'':>11} {'':>8} "
@@ -1119,10 +1150,12 @@ def format_report(results: dict) -> str:
                       f"{_pooled(config, 'infer_steps')} inference steps "
                       f"(eval, no_grad); first = the first step's seconds",
                   f"{'model':18} {'minissc train':>13} {'first':>7} {'torch train':>11} "
-                  f"{'first':>7} {'speedup':>8} {'minissc infer':>13} {'torch infer':>11} "
-                  f"{'speedup':>8}"]
+                  f"{'first':>7} {'speedup':>8} {'kept train':>10} {'speedup':>8} "
+                  f"{'minissc infer':>13} {'torch infer':>11} {'speedup':>8} "
+                  f"{'kept infer':>10} {'speedup':>8}"]
         for network in results["networks"]:
             ours, theirs = network["minissc"], network.get("torch", {})
+            kept = network.get(TORCH_KEPT, {})
 
             def rate(result, key):
                 return "-" if key not in result else f"{result[key]:.1f}"
@@ -1135,8 +1168,12 @@ def format_report(results: dict) -> str:
                 f"{first(ours, 'train_first_step_s'):>7} {rate(theirs, 'train_images_per_s'):>11} "
                 f"{first(theirs, 'train_first_step_s'):>7} "
                 f"{_ratio(network.get('train_speedup')):>8} "
+                f"{rate(kept, 'train_images_per_s'):>10} "
+                f"{_ratio(network.get('train_speedup_vs_torch_kept')):>8} "
                 f"{rate(ours, 'infer_images_per_s'):>13} {rate(theirs, 'infer_images_per_s'):>11} "
-                f"{_ratio(network.get('infer_speedup')):>8}")
+                f"{_ratio(network.get('infer_speedup')):>8} "
+                f"{rate(kept, 'infer_images_per_s'):>10} "
+                f"{_ratio(network.get('infer_speedup_vs_torch_kept')):>8}")
 
     if results.get("memory"):
         lines += ["", f"3. Training memory (MB), fresh process per row, {config['memory_steps']} "
@@ -1263,6 +1300,11 @@ def main(argv=None) -> int:
         results["notes"].append("torch's SSC = (channel shuffle,) one-hot depthwise conv with the "
                                 "stride, then grouped 1x1 conv; its shift = the one-hot "
                                 "depthwise conv (the twin models use the same)")
+        results["notes"].append(
+            "kept = torch with freed memory kept: the malloc settings minissc gives itself "
+            "(minissc/runtime.py), as " + " ".join(f"{k}={v}" for k, v in KEPT_MEMORY_ENV.items())
+            + "; torch as it comes returns its large buffers to the kernel and page-faults "
+            "them in again every step. The targets are the issue's, against torch as it comes")
 
     sections = {
         "layers": ("1. layers", lambda: bench_layers(distinct_layers(args.batch), torch, config,
