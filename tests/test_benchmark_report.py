@@ -1,0 +1,66 @@
+"""benchmarks/run.py's targets and report from a results dict: each target against torch as it
+comes, with the ratio against torch with freed memory kept beside it when that was timed."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import run as benchmark  # noqa: E402
+
+
+def _timing(total_ms):
+    return benchmark._timing([total_ms / 2e3], [total_ms / 2e3], first_seconds=0.5)
+
+
+def _steps(train_per_s):
+    return {"train_images_per_s": train_per_s, "infer_images_per_s": 3 * train_per_s,
+            "train_first_step_s": 1.0}
+
+
+def _results(with_torch):
+    layer = {"label": "ssc 576->576 8x8 s1", "kind": "ssc", "uses": ["sscresnet20 r=1: x"],
+             "minissc": _timing(10.0), "reference": _timing(100.0)}
+    networks = []
+    for name, options in benchmark.NETWORK_MODELS:
+        networks.append({"model": name, "options": options,
+                         "label": benchmark.model_label(name, options), "minissc": _steps(150.0)})
+    if with_torch:
+        layer.update(torch=_timing(40.0), torch_kept=_timing(20.0), speedup_vs_torch=4.0,
+                     speedup_vs_torch_kept=2.0)
+        for network in networks:
+            network.update(torch=_steps(15.0), torch_kept=_steps(50.0), train_speedup=10.0,
+                           infer_speedup=10.0, train_speedup_vs_torch_kept=3.0,
+                           infer_speedup_vs_torch_kept=3.0)
+    meta = dict(threads=2, date="today", cpu="cpu", cores=2, ram_gib=1, python="3", numpy="2",
+                numba="0", numba_threading_layer="omp", torch="2" if with_torch else None,
+                minissc="0", git_commit="abc", git_dirty=False, load_average_at_start=[0.1])
+    return {"meta": meta, "config": dict(benchmark.MODES["quick"], mode="quick", batch=128),
+            "notes": [], "layers": [layer], "networks": networks}
+
+
+def test_targets_judge_torch_as_it_comes_and_show_the_kept_ratio_beside():
+    targets = {t["target"]: t for t in benchmark.evaluate_targets(_results(with_torch=True))}
+    layer = targets["SSC layer fwd+bwd vs torch, every sscresnet20 shape (worst)"]
+    assert (layer["value"], layer["status"]) == (4.0, "MISS")
+    assert "vs torch with freed memory kept, worst 2.00x" in layer["detail"]
+    network = targets["sscresnet20 r=1 training vs torch"]
+    assert (network["value"], network["status"]) == (10.0, "PASS")
+    assert network["detail"] == "vs torch with freed memory kept: 3.00x"
+
+
+def test_report_shows_the_kept_columns():
+    results = _results(with_torch=True)
+    results["targets"] = benchmark.evaluate_targets(results)
+    report = benchmark.format_report(results)
+    layer_row = next(line for line in report.splitlines() if line.startswith("ssc 576->576"))
+    assert layer_row.split()[-2:] == ["20.0", "2.00x"]
+    network_row = next(line for line in report.splitlines() if line.startswith("resnet20"))
+    assert "50.0" in network_row.split() and "3.00x" in network_row.split()
+
+
+def test_without_torch_the_ratio_targets_are_not_applicable():
+    results = _results(with_torch=False)
+    results["targets"] = benchmark.evaluate_targets(results)
+    statuses = {t["target"]: t["status"] for t in results["targets"]}
+    assert statuses["sscresnet20 r=1 training vs torch"] == "n/a"
+    assert statuses["sscresnet20 r=1 training images/s"] == "MISS"
+    assert "ssc 576->576 8x8 s1" in benchmark.format_report(results)
