@@ -187,6 +187,27 @@ def _no_input_norm(dtype):
     return empty, empty, empty
 
 
+@njit(cache=True)
+def _shift_margin(row_offsets, col_offsets, width):
+    """The largest |dy_i W + dx_i|: with zero margins this wide on both sides of a flat plane,
+    the plane read shifted by any of the offsets is a plain slice."""
+    margin = 0
+    for i in range(row_offsets.size):
+        margin = max(margin, abs(row_offsets[i] * width + col_offsets[i]))
+    return margin
+
+
+def shift_masks(row_offsets, col_offsets, height, width, dtype):
+    """masks[i, k] = 1 where position k of a flat plane, moved by (row_offsets[i],
+    col_offsets[i]), lies inside the image, row and column; else 0. In x's dtype, so that a
+    kernel's select on it runs in the lanes of its values. The backward kernels read, for
+    input j, the output j - off_i: their masks are those of the negated offsets."""
+    rows = np.arange(height)[None, :, None] + row_offsets[:, None, None]
+    cols = np.arange(width)[None, None, :] + col_offsets[:, None, None]
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    return inside.reshape(len(row_offsets), height * width).astype(dtype)
+
+
 @njit(cache=True, parallel=True)
 def _flat_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, input_norm, width,
                          columns, y):
@@ -260,15 +281,24 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels, input_norm,
-                          width, columns, grad_x, grad_weight_per_sample, norm_sums):
+                          width, masks, grad_x, grad_weight_per_sample, norm_sums):
     """Gradients of `_flat_forward_kernel`, one sample n per parallel iteration.
 
-    For every term y[n, o, k] += W[o, i] * x[n, c, k + off_i] (off_i = dy_i W + dx_i):
-        grad_x[n, c, k + off_i] += W[o, i] * grad_y[n, o, k]
-        grad_weight_per_sample[n, o, i] += grad_y[n, o, k] * x[n, c, k + off_i]
+    For every term y[n, o, j - off_i] += W[o, i] * x[n, c, j] (off_i = dy_i W + dx_i, over
+    the input positions j whose output position j - off_i lies inside the image, row and
+    column: masks[i, j] = 1, `shift_masks` of the negated offsets):
+        grad_x[n, c, j] += W[o, i] * grad_y[n, o, j - off_i]
+        grad_weight_per_sample[n, o, i] += grad_y[n, o, j - off_i] * x[n, c, j]
+    As in `_group_backward_kernel`, each upstream plane is first copied into a row with zero
+    margins, so that the loops run over whole planes. The group's first output writes its
+    planes of grad_x and later ones add to them: no zeroing pass over grad_x, whose planes
+    are written once, not zeroed, read back and written again. Against the kernel before
+    (zeroing pass, loops over the run of `flat_run`; `benchmarks/ssc_versions_ab.py
+    --against 496f6f5 --rounds 15`, median ratio new / old): 0.73 at 576->64 8x8, 0.78 at
+    288->32 16x16, 0.90 at 144->16 32x32; 0.82, 0.94, 0.90 with an input norm.
     With an input norm, x is read normalised, grad_x is the gradient with respect to the
     normalised values, and norm_sums[n, c] gets plane c's `_input_norm_grad_sums` once the
-    last output of its group has added to it. Each iteration zeroes its own grad_x[n] first.
+    last output of its group has added to it.
     `fastmath={"reassoc"}` lets LLVM split the weight sums into vector lanes, in an order
     fixed at compile time (so still deterministic); they run in x's dtype, at most one plane
     long (float32 sums measured 25-35% faster than float64 in the group kernel at 1 thread,
@@ -277,29 +307,27 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
     outputs_per_group = out_channels // (channels // group_size)
-    height = plane_size // width
     zero = x.dtype.type(0)
+    margin = _shift_margin(row_offsets, col_offsets, width)
     for n in prange(batch):
-        grad_x[n] = 0
+        margined = np.zeros(plane_size + 2 * margin, x.dtype)
         for o in range(out_channels):
             first_channel = (o // outputs_per_group) * group_size
-            grad_y_plane = grad_y[n, o]
+            adds = o % outputs_per_group != 0  # the group's first output writes, others add
+            margined[margin:margin + plane_size] = grad_y[n, o]
             for i in range(group_size):
                 channel = input_channels[first_channel + i]
                 x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
                 grad_x_plane = grad_x[n, channel]
-                w = weight[o, i]
-                col_offset = col_offsets[i]
-                first_out, first_in, count = flat_run(row_offsets[i], col_offset, height, width)
+                w, mask = weight[o, i], masks[i]
+                first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
+                upstream_plane = margined[first:first + plane_size]
                 weight_sum = zero
-                for step in range(count):
-                    upstream = grad_y_plane[first_out + step]
-                    if col_offset != 0:
-                        col = columns[first_out + step] + col_offset
-                        upstream = upstream if (col >= 0) & (col < width) else zero
-                    grad_x_plane[first_in + step] += w * upstream
-                    weight_sum += upstream * _normalised_value(x_plane[first_in + step],
-                                                               channel_norm, zero)
+                for j in range(plane_size):
+                    upstream = upstream_plane[j] if mask[j] != zero else zero
+                    previous = grad_x_plane[j]  # loaded first, then selected: vectorises
+                    grad_x_plane[j] = (previous if adds else zero) + w * upstream
+                    weight_sum += upstream * _normalised_value(x_plane[j], channel_norm, zero)
                 grad_weight_per_sample[n, o, i] = weight_sum
             if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
                 for i in range(group_size):
@@ -476,8 +504,8 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
         grad_x[n, c_i, j] = sum_o W[o, i] * grad_y[n, o, j - off_i],
         grad_weight_per_sample[n, o, i] = sum_j grad_y[n, o, j - off_i] * x[n, c_i, j]
     over the input positions j whose output position j - off_i lies inside the image, row
-    and column (masks[i, j] = 1, `backward_masks`); every other entry of grad_x[n, c_i] is 0:
-    no output read it. The group's upstream rows are first copied into a block with zero
+    and column (masks[i, j] = 1, `shift_masks` of the negated offsets); every other entry
+    of grad_x[n, c_i] is 0: no output read it. The group's upstream rows are first copied into a block with zero
     margins (`_fill_upstream_block`), so that row o read from j - off_i is a plain slice of
     the block for every j: the loops run over whole planes, with no run to compute, and
     their length is a multiple of the vector width. The loops over the run of `flat_run`
@@ -501,9 +529,7 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     groups = channels // group_size
     outputs_per_group = out_channels // groups
     zero = x.dtype.type(0)
-    margin = 0
-    for i in range(group_size):
-        margin = max(margin, abs(row_offsets[i] * width + col_offsets[i]))
+    margin = _shift_margin(row_offsets, col_offsets, width)
     for n in prange(batch):
         block = np.zeros((max(outputs_per_group, 9), plane_size + 2 * margin), x.dtype)
         for g in range(groups):
@@ -567,17 +593,6 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                 if input_norm[0].size:
                     _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
                                           norm_sums[n, channel])
-
-
-def backward_masks(row_offsets, col_offsets, height, width, dtype):
-    """masks[i, j] = 1 where input position j of a flat plane is read by an output of a shift
-    by (row_offsets[i], col_offsets[i]), i.e. where the output position j - off_i lies inside
-    the image, row and column; else 0. In x's dtype, so that a kernel's select on it runs in
-    the lanes of its values."""
-    rows = np.arange(height)[None, :, None] - row_offsets[:, None, None]
-    cols = np.arange(width)[None, None, :] - col_offsets[:, None, None]
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    return inside.reshape(len(row_offsets), height * width).astype(dtype)
 
 
 def channel_shuffle(x, groups):
@@ -661,16 +676,14 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     input_channels = shuffled_channels(channels, shuffle_groups)
     norm_sums = np.zeros((batch if input_norm else 0, channels, 2))
     kernel_input_norm = input_norm or _no_input_norm(x.dtype)
+    masks = shift_masks(-row_offsets, -col_offsets, height, width, x.dtype)
     if group_kernel:
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
                                input_channels, kernel_input_norm, kernel_output_norm, width,
-                               backward_masks(row_offsets, col_offsets, height, width, x.dtype),
-                               planes(grad_x),
-                               grad_weight_per_sample, norm_sums)
+                               masks, planes(grad_x), grad_weight_per_sample, norm_sums)
     elif stride == 1:
         _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                              input_channels, kernel_input_norm, width,
-                              plane_columns(width, height), planes(grad_x),
+                              input_channels, kernel_input_norm, width, masks, planes(grad_x),
                               grad_weight_per_sample, norm_sums)
     else:
         _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
