@@ -505,10 +505,10 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
         grad_weight_per_sample[n, o, i] = sum_j grad_y[n, o, j - off_i] * x[n, c_i, j]
     over the input positions j whose output position j - off_i lies inside the image, row
     and column (masks[i, j] = 1, `shift_masks` of the negated offsets); every other entry
-    of grad_x[n, c_i] is 0: no output read it. The group's upstream rows are first copied into a block with zero
-    margins (`_fill_upstream_block`), so that row o read from j - off_i is a plain slice of
-    the block for every j: the loops run over whole planes, with no run to compute, and
-    their length is a multiple of the vector width. The loops over the run of `flat_run`
+    of grad_x[n, c_i] is 0: no output read it. The group's upstream rows are first copied
+    into a block with zero margins (`_fill_upstream_block`), so that row o read from
+    j - off_i is a plain slice of the block for every j: the loops run over whole planes,
+    with no run to compute, and their length is a multiple of the vector width. The loops over the run of `flat_run`
     that this replaced ended in a scalar remainder of up to 15 values, half of an 8x8 plane:
     against them (`benchmarks/ssc_versions_ab.py --against bb24bcf --rounds 15`, median
     ratio new / old, 2 threads, batch 128) 0.87 at 576->576 8x8 (0.88 with an input norm),
