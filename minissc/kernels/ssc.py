@@ -508,11 +508,11 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     of grad_x[n, c_i] is 0: no output read it. The group's upstream rows are first copied
     into a block with zero margins (`_fill_upstream_block`), so that row o read from
     j - off_i is a plain slice of the block for every j: the loops run over whole planes,
-    with no run to compute, and their length is a multiple of the vector width. The loops over the run of `flat_run`
-    that this replaced ended in a scalar remainder of up to 15 values, half of an 8x8 plane:
-    against them (`benchmarks/ssc_versions_ab.py --against bb24bcf --rounds 15`, median
-    ratio new / old, 2 threads, batch 128) 0.87 at 576->576 8x8 (0.88 with an input norm),
-    0.94-0.99 at 288->288 16x16, 0.97-1.01 at 144->144 32x32.
+    with no run to compute, and their length is a multiple of the vector width. The loops
+    over the run of `flat_run` that this replaced ended in a scalar remainder of up to 15
+    values, half of an 8x8 plane: against them (`benchmarks/ssc_versions_ab.py --against
+    bb24bcf --rounds 15`, median ratio new / old, 2 threads, batch 128) 0.87 at 576->576
+    8x8 (0.88 with an input norm), 0.94-0.99 at 288->288 16x16, 0.97-1.01 at 144->144 32x32.
 
     The group's first nine outputs share one pass over the plane: it reads the input and
     writes the gradient plane once for all nine, and their nine weight sums run side by side
