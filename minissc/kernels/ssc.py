@@ -94,7 +94,8 @@ def shift_backward(grad_out, kernel_size, group_size):
 # dy * W + dx in a plane stored flat (k = row * W + col), so the inner loops run over a whole
 # plane at once (long loops LLVM vectorises; rows of 8 or 16 values are too short), and a
 # select drops the values that wrapped across a row edge. With stride s > 1 the input index is
-# not a constant offset of the output index, and the loops go row by row.
+# not a constant offset of the output index: the forward goes row by row, and the backward
+# upsamples grad_y to the input's grid and runs the stride-1 loops (`_flat_backward_kernel`).
 #
 # Stride 1 has two kernel pairs for the same sums. The flat kernels read each input shifted,
 # through the select, once per output that uses it. When a group has several outputs (the
@@ -280,8 +281,8 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels, input_norm,
-                          width, masks, grad_x, grad_weight_per_sample, norm_sums):
+def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, input_channels,
+                          input_norm, width, masks, grad_x, grad_weight_per_sample, norm_sums):
     """Gradients of `_flat_forward_kernel`, one sample n per parallel iteration.
 
     For every term y[n, o, j - off_i] += W[o, i] * x[n, c, j] (off_i = dy_i W + dx_i, over
@@ -290,7 +291,15 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
         grad_x[n, c, j] += W[o, i] * grad_y[n, o, j - off_i]
         grad_weight_per_sample[n, o, i] += grad_y[n, o, j - off_i] * x[n, c, j]
     As in `_group_backward_kernel`, each upstream plane is first copied into a row with zero
-    margins, so that the loops run over whole planes. The group's first output writes its
+    margins, so that the loops run over whole planes. With stride s > 1 the copy upsamples
+    it: grad_y[n, o, Y, X] goes to position (sY, sX) and the other entries stay 0, which is
+    the gradient of a stride-1 layer whose outputs off the stride grid nobody reads; the
+    loops then run as with stride 1, vectorised, over s^2 times as many values as the
+    terms need. They replaced a row-by-row kernel with strided indices, which LLVM left
+    scalar, and a zeroing pass over grad_x: 0.68 at 288->32 32x32 and 0.72 at 576->64 16x16
+    (0.76 and 0.69 with an input norm; `benchmarks/ssc_versions_ab.py --against eb624c4
+    --rounds 15`, median ratio new / old). A non-finite input off the grid then gives NaN
+    weight gradients (0 * inf) where the exact sum skips it. The group's first output writes its
     planes of grad_x and later ones add to them: no zeroing pass over grad_x, whose planes
     are written once, not zeroed, read back and written again. Against the kernel before
     (zeroing pass, loops over the run of `flat_run`; `benchmarks/ssc_versions_ab.py
@@ -307,6 +316,7 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
     outputs_per_group = out_channels // (channels // group_size)
+    out_width = (width - 1) // stride + 1  # `output_size`
     zero = x.dtype.type(0)
     margin = _shift_margin(row_offsets, col_offsets, width)
     for n in prange(batch):
@@ -314,7 +324,13 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
         for o in range(out_channels):
             first_channel = (o // outputs_per_group) * group_size
             adds = o % outputs_per_group != 0  # the group's first output writes, others add
-            margined[margin:margin + plane_size] = grad_y[n, o]
+            if stride == 1:
+                margined[margin:margin + plane_size] = grad_y[n, o]
+            else:  # upsampled: grad_y[n, o, Y, X] at (sY, sX), the other entries stay 0
+                upstream = grad_y[n, o]
+                for k in range(upstream.size):
+                    row, col = k // out_width, k % out_width
+                    margined[margin + stride * (row * width + col)] = upstream[k]
             for i in range(group_size):
                 channel = input_channels[first_channel + i]
                 x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
@@ -328,49 +344,6 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_cha
                     previous = grad_x_plane[j]  # loaded first, then selected: vectorises
                     grad_x_plane[j] = (previous if adds else zero) + w * upstream
                     weight_sum += upstream * _normalised_value(x_plane[j], channel_norm, zero)
-                grad_weight_per_sample[n, o, i] = weight_sum
-            if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
-                for i in range(group_size):
-                    channel = input_channels[first_channel + i]
-                    _input_norm_grad_sums(grad_x[n, channel], x[n, channel], channel,
-                                          input_norm, norm_sums[n, channel])
-
-
-@njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
-                             input_channels, input_norm, grad_x, grad_weight_per_sample,
-                             norm_sums):
-    """Gradients of `_strided_forward_kernel`, the same sums as `_flat_backward_kernel`
-    row by row (norm_sums too)."""
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    out_channels, group_size = weight.shape
-    batch, out_height, out_width = grad_y.shape[0], grad_y.shape[2], grad_y.shape[3]
-    outputs_per_group = out_channels // (channels // group_size)
-    zero = x.dtype.type(0)
-    for n in prange(batch):
-        grad_x[n] = 0
-        for o in range(out_channels):
-            first_channel = (o // outputs_per_group) * group_size
-            grad_y_plane = grad_y[n, o]
-            for i in range(group_size):
-                channel = input_channels[first_channel + i]
-                x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
-                grad_x_plane = grad_x[n, channel]
-                w = weight[o, i]
-                first_row, first_in_row, rows = valid_range(row_offsets[i], stride,
-                                                             height, out_height)
-                first_col, first_in_col, cols = valid_range(col_offsets[i], stride,
-                                                             width, out_width)
-                weight_sum = zero
-                for row_step in range(rows):
-                    row = first_row + row_step
-                    in_row = first_in_row + row_step * stride
-                    for step in range(cols):
-                        upstream = grad_y_plane[row, first_col + step]
-                        in_col = first_in_col + step * stride
-                        grad_x_plane[in_row, in_col] += w * upstream
-                        weight_sum += upstream * _normalised_value(x_plane[in_row, in_col],
-                                                                   channel_norm, zero)
                 grad_weight_per_sample[n, o, i] = weight_sum
             if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
                 for i in range(group_size):
@@ -681,14 +654,10 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
                                input_channels, kernel_input_norm, kernel_output_norm, width,
                                masks, planes(grad_x), grad_weight_per_sample, norm_sums)
-    elif stride == 1:
-        _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
-                              input_channels, kernel_input_norm, width, masks, planes(grad_x),
-                              grad_weight_per_sample, norm_sums)
     else:
-        _strided_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride,
-                                 input_channels, kernel_input_norm, grad_x,
-                                 grad_weight_per_sample, norm_sums)
+        _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
+                              stride, input_channels, kernel_input_norm, width, masks,
+                              planes(grad_x), grad_weight_per_sample, norm_sums)
     grads = grad_x, grad_weight_per_sample.sum(axis=0).astype(x.dtype)
     if not input_norm:
         return grads
