@@ -305,6 +305,11 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
     (zeroing pass, loops over the run of `flat_run`; `benchmarks/ssc_versions_ab.py
     --against 496f6f5 --rounds 15`, median ratio new / old): 0.73 at 576->64 8x8, 0.78 at
     288->32 16x16, 0.90 at 144->16 32x32; 0.82, 0.94, 0.90 with an input norm.
+    The weight sum runs in a loop of its own, which stores nothing: in the grad_x loop LLVM
+    vectorised it behind a run-time check that the arrays do not overlap, a check that
+    fails, conservatively, when grad_x happens to start just after an array the loop reads;
+    the scalar loop then summed in another order, and the same call gave other bits about
+    once in 1000 on tiny planes (`tests/test_ssc_kernels.py`, where arrays lie in memory).
     With an input norm, x is read normalised, grad_x is the gradient with respect to the
     normalised values, and norm_sums[n, c] gets plane c's `_input_norm_grad_sums` once the
     last output of its group has added to it.
@@ -338,11 +343,15 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
                 w, mask = weight[o, i], masks[i]
                 first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
                 upstream_plane = margined[first:first + plane_size]
-                weight_sum = zero
                 for j in range(plane_size):
-                    upstream = upstream_plane[j] if mask[j] != zero else zero
-                    previous = grad_x_plane[j]  # loaded first, then selected: vectorises
+                    upstream = upstream_plane[j]  # loaded first, then selected: vectorises
+                    upstream = upstream if mask[j] != zero else zero
+                    previous = grad_x_plane[j]
                     grad_x_plane[j] = (previous if adds else zero) + w * upstream
+                weight_sum = zero
+                for j in range(plane_size):  # no store: always the same vector loop
+                    upstream = upstream_plane[j]
+                    upstream = upstream if mask[j] != zero else zero
                     weight_sum += upstream * _normalised_value(x_plane[j], channel_norm, zero)
                 grad_weight_per_sample[n, o, i] = weight_sum
             if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
