@@ -308,21 +308,25 @@ def _batch_norm_parameter_grad_kernel(grad_y, x, mean, inv_std, weight, relu_bia
 
 @njit(cache=True, fastmath={"reassoc"})
 def _plane_grad_sums(grads, values, c, channel_mean, scale, relu_bias):
-    """(sum g, sum g * (x - mean_c)) over one plane of channel c, in float64: g = grads, masked
-    by relu(batch norm) > 0 when `relu_bias` (the biases, shape (C,)) is given (None: no mask,
-    compiled without it). `_batch_norm_parameter_grad_kernel` adds these plane by plane, and
-    so do the SSC backward kernels that compute a batch norm's sums while a plane is in cache
-    (`minissc.kernels.ssc._input_norm_grad_sums`): one loop, so the sums agree to the bit."""
+    """(sum g, sum g * (x - mean_c)) over one plane of channel c, summed in the plane's dtype
+    (in vector lanes, `reassoc`) and returned as float64: g = grads, masked by
+    relu(batch norm) > 0 when `relu_bias` (the biases, shape (C,)) is given (None: no mask,
+    compiled without it). `_batch_norm_parameter_grad_kernel` adds these plane by plane in
+    float64, and so do the SSC backward kernels that compute a batch norm's sums while a
+    plane is in cache (`minissc.kernels.ssc._input_norm_grad_sums`): one loop, so the sums
+    agree to the bit. Plane sums in float32 rather than float64, as for the SSC weight sums,
+    took the SSC backward kernels with an input norm 0.87-0.99x the time
+    (`benchmarks/ssc_versions_ab.py --against 907b6cf --norm --rounds 15`)."""
     zero = grads.dtype.type(0)
-    plane_grad = np.float64(0)
-    plane_grad_centred = np.float64(0)
+    plane_grad = zero
+    plane_grad_centred = zero
     for i in range(values.size):
         grad = grads[i]
         if relu_bias is not None:
             grad = grad if _normalised(values[i], channel_mean, scale, relu_bias[c]) > 0 else zero
         plane_grad += grad
         plane_grad_centred += grad * (values[i] - channel_mean)
-    return plane_grad, plane_grad_centred
+    return np.float64(plane_grad), np.float64(plane_grad_centred)
 
 
 @njit(cache=True, parallel=True)
