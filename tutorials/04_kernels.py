@@ -116,7 +116,10 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   computes, once per (o, i), the run of output positions whose row reads inside the image;
 #   the values that wrap across a row edge (col + dx outside the row) are dropped by a
 #   select, which adds exactly 0. (With stride 2 the input index is not a constant offset
-#   of the output index; `_strided_forward_kernel` goes row by row.)
+#   of the output index; `_strided_forward_kernel` goes row by row. The backward instead
+#   spreads grad_y onto the input's grid, zeros between, and runs the stride-1 loops:
+#   four times the terms, but vectorised, and faster than the strided loops LLVM left
+#   scalar.)
 # * The offsets are arguments: with all of them 0 the same kernel *is* the group point-wise
 #   convolution, so `group_pointwise_forward` and `ssc_forward` share it.
 # * Input channels are read through an index map (`input_channels`): the identity for a plain
