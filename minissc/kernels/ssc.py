@@ -283,7 +283,8 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, input_channels,
                           input_norm, width, masks, grad_x, grad_weight_per_sample, norm_sums):
-    """Gradients of `_flat_forward_kernel`, one sample n per parallel iteration.
+    """Gradients of `_flat_forward_kernel` and `_strided_forward_kernel`, one sample n per
+    parallel iteration.
 
     For every term y[n, o, j - off_i] += W[o, i] * x[n, c, j] (off_i = dy_i W + dx_i, over
     the input positions j whose output position j - off_i lies inside the image, row and
@@ -291,32 +292,33 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
         grad_x[n, c, j] += W[o, i] * grad_y[n, o, j - off_i]
         grad_weight_per_sample[n, o, i] += grad_y[n, o, j - off_i] * x[n, c, j]
     As in `_group_backward_kernel`, each upstream plane is first copied into a row with zero
-    margins, so that the loops run over whole planes. With stride s > 1 the copy upsamples
-    it: grad_y[n, o, Y, X] goes to position (sY, sX) and the other entries stay 0, which is
-    the gradient of a stride-1 layer whose outputs off the stride grid nobody reads; the
-    loops then run as with stride 1, vectorised, over s^2 times as many values as the
-    terms need. They replaced a row-by-row kernel with strided indices, which LLVM left
-    scalar, and a zeroing pass over grad_x: 0.68 at 288->32 32x32 and 0.72 at 576->64 16x16
-    (0.76 and 0.69 with an input norm; `benchmarks/ssc_versions_ab.py --against eb624c4
-    --rounds 15`, median ratio new / old). A non-finite input off the grid then gives NaN
-    weight gradients (0 * inf) where the exact sum skips it. The group's first output writes its
+    margins, so that the loops run over whole planes. The group's first output writes its
     planes of grad_x and later ones add to them: no zeroing pass over grad_x, whose planes
     are written once, not zeroed, read back and written again. Against the kernel before
     (zeroing pass, loops over the run of `flat_run`; `benchmarks/ssc_versions_ab.py
     --against 496f6f5 --rounds 15`, median ratio new / old): 0.73 at 576->64 8x8, 0.78 at
     288->32 16x16, 0.90 at 144->16 32x32; 0.82, 0.94, 0.90 with an input norm.
+
+    With stride s > 1 the copy upsamples the upstream plane: grad_y[n, o, Y, X] goes to
+    position (sY, sX) and the other entries stay 0, which is the gradient of a stride-1 layer
+    whose outputs off the stride grid nobody reads; the loops then run as with stride 1,
+    vectorised, over s^2 times as many values as the terms need. They replaced a row-by-row
+    kernel with strided indices, which LLVM left scalar, and a zeroing pass over grad_x: 0.68
+    at 288->32 32x32 and 0.72 at 576->64 16x16 (0.76 and 0.69 with an input norm;
+    `benchmarks/ssc_versions_ab.py --against eb624c4 --rounds 15`). A non-finite input off
+    the grid then gives NaN weight gradients (0 * inf) where the exact sum skips it.
+
     The weight sum runs in a loop of its own, which stores nothing: in the grad_x loop LLVM
     vectorised it behind a run-time check that the arrays do not overlap, a check that
     fails, conservatively, when grad_x happens to start just after an array the loop reads;
     the scalar loop then summed in another order, and the same call gave other bits about
     once in 1000 on tiny planes (`tests/test_ssc_kernels.py`, where arrays lie in memory).
-    With an input norm, x is read normalised, grad_x is the gradient with respect to the
-    normalised values, and norm_sums[n, c] gets plane c's `_input_norm_grad_sums` once the
-    last output of its group has added to it.
     `fastmath={"reassoc"}` lets LLVM split the weight sums into vector lanes, in an order
     fixed at compile time (so still deterministic); they run in x's dtype, at most one plane
     long (float32 sums measured 25-35% faster than float64 in the group kernel at 1 thread,
-    relative change 1e-7).
+    relative change 1e-7). With an input norm, x is read normalised, grad_x is the gradient
+    with respect to the normalised values, and norm_sums[n, c] gets plane c's
+    `_input_norm_grad_sums` once the last output of its group has added to it.
     """
     batch, channels, plane_size = x.shape
     out_channels, group_size = weight.shape
@@ -498,9 +500,12 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
 
     The group's first nine outputs share one pass over the plane: it reads the input and
     writes the gradient plane once for all nine, and their nine weight sums run side by side
-    in vector registers. A group with fewer than nine outputs reads its last output again in
-    the missing places, with weight 0, and drops their sums (with a non-finite grad_y that
-    adds 0 * inf = NaN where the exact sum is inf); outputs past nine are added one by one.
+    in vector registers. The sums stay in this loop with the stores, unlike
+    `_flat_backward_kernel`'s (a second loop for them cost 1.1-1.3x at 16x16 and 32x32);
+    `tests/test_ssc_kernels.py` repeats thousands of tiny calls and finds the same bits.
+    A group with fewer than nine outputs reads its last output again in the missing places,
+    with weight 0, and drops their sums (with a non-finite grad_y that adds 0 * inf = NaN
+    where the exact sum is inf); outputs past nine are added one by one.
     With an input norm each value is normalised as it is read (`_normalised_value`, rounded
     as the forward rounds it), and norm_sums[n, c_i] gets the plane's `_input_norm_grad_sums`
     as soon as grad_x[n, c_i] is written, while it is in cache. Each input channel belongs to
@@ -566,10 +571,13 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                 _store_if_inside(sums, o + 8, stop, sum8)
                 for o in range(first_output + 9, stop):  # the outputs past nine, one by one
                     grad_y_plane, w = rows[o - first_output], weight[o, i]
-                    weight_sum = zero
                     for j in range(plane_size):
-                        grad = grad_y_plane[j] if mask[j] != zero else zero
-                        grad_x_plane[j] += w * grad
+                        grad = grad_y_plane[j]
+                        grad_x_plane[j] += w * (grad if mask[j] != zero else zero)
+                    weight_sum = zero
+                    for j in range(plane_size):  # no store, as in `_flat_backward_kernel`
+                        grad = grad_y_plane[j]
+                        grad = grad if mask[j] != zero else zero
                         weight_sum += grad * _normalised_value(plane[j], channel_norm, zero)
                     grad_weight_per_sample[n, o, i] = weight_sum
                 if input_norm[0].size:
