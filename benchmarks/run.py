@@ -1226,7 +1226,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
-                      help="few repeats (the default): about 8 minutes on 2 idle cores")
+                      help="few repeats (the default): about 7 minutes on 2 idle cores")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
                       help="more repeats, 3 alternating rounds: about 20 minutes on 2 idle cores")
     parser.set_defaults(mode="quick")
