@@ -541,13 +541,14 @@ def alternate_workers(name: str, frameworks: list[str], config: dict, threads: i
     for index, round_config in enumerate(round_configs(config)):
         for framework in frameworks:
             log(f"  timing {framework} (fresh process, round {index + 1}/{config['rounds']})")
-            env, worker_config = None, round_config
+            env, worker_config, worker_framework = None, round_config, framework
             if framework == TORCH_KEPT:
+                worker_framework = "torch"
                 env = dict(os.environ, **KEPT_MEMORY_ENV)
                 worker_config = dict(round_config, torch_dense=False)
             results[framework].append(run_worker(name, threads, config["batch"], env=env,
                                                  task=dict(task, config=worker_config,
-                                                           framework=framework.split("_")[0])))
+                                                           framework=worker_framework)))
     return results
 
 

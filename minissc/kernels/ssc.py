@@ -294,19 +294,22 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
     As in `_group_backward_kernel`, each upstream plane is first copied into a row with zero
     margins, so that the loops run over whole planes. The group's first output writes its
     planes of grad_x and later ones add to them: no zeroing pass over grad_x, whose planes
-    are written once, not zeroed, read back and written again. Against the kernel before
-    (zeroing pass, loops over the run of `flat_run`; `benchmarks/ssc_versions_ab.py
-    --against 496f6f5 --rounds 15`, median ratio new / old): 0.73 at 576->64 8x8, 0.78 at
-    288->32 16x16, 0.90 at 144->16 32x32; 0.82, 0.94, 0.90 with an input norm.
+    are written once, not zeroed, read back and written again.
+
+    Against the kernels before (a zeroing pass and loops over the run of `flat_run` at
+    stride 1, a row-by-row kernel at stride 2; `benchmarks/ssc_versions_ab.py
+    --against 496f6f5 --rounds 15`, median ratio new / old, this kernel as it is, with the
+    batch norm's float32 plane sums): 0.85 at 576->64 8x8, 0.98 at 288->32 16x16 and 1.09 at
+    144->16 32x32 (a noisy phase), 0.52 at 288->32 32x32 stride 2 and 0.89 at 576->64 16x16
+    stride 2; with an input norm 0.66, 0.85, 0.93, 0.52 and 0.79.
 
     With stride s > 1 the copy upsamples the upstream plane: grad_y[n, o, Y, X] goes to
     position (sY, sX) and the other entries stay 0, which is the gradient of a stride-1 layer
     whose outputs off the stride grid nobody reads; the loops then run as with stride 1,
     vectorised, over s^2 times as many values as the terms need. They replaced a row-by-row
-    kernel with strided indices, which LLVM left scalar, and a zeroing pass over grad_x: 0.68
-    at 288->32 32x32 and 0.72 at 576->64 16x16 (0.76 and 0.69 with an input norm;
-    `benchmarks/ssc_versions_ab.py --against eb624c4 --rounds 15`). A non-finite input off
-    the grid then gives NaN weight gradients (0 * inf) where the exact sum skips it.
+    kernel with strided indices, which LLVM left scalar, and a zeroing pass over grad_x. A
+    non-finite input off the grid then gives NaN weight gradients (0 * inf) where the exact
+    sum skips it.
 
     The weight sum runs in a loop of its own, which stores nothing: in the grad_x loop LLVM
     vectorised it behind a run-time check that the arrays do not overlap, a check that
