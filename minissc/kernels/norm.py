@@ -356,7 +356,7 @@ def _batch_norm_input_grad_images_kernel(grad_y, x, mean, inv_std, weight, relu_
                               grad_weight, grad_bias, batch_statistics, count, grad_x[n, c])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _plane_input_grad(grads, values, c, mean, inv_std, weight, relu_bias, grad_weight,
                       grad_bias, batch_statistics, count, out):
     """out = grad_x of one plane of channel c (see `_batch_norm_input_grad_kernel`), from its
@@ -396,7 +396,7 @@ class InputGradByImages:
         return grad_x
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _input_grad_rule(c, mean, inv_std, weight, grad_weight, grad_bias, batch_statistics, count):
     """(mean_c, scale_c, mean_grad_c, centred_coefficient_c) of channel c for `_input_grad`,
     in x's dtype (mean's): scale = inv_std * weight, and in training mode mean_grad =

@@ -144,7 +144,7 @@ def _normalised_value(value, channel_norm, zero):
     return zero if value < 0 else value
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _copy_shifted_normalised_plane(plane, channel, input_norm, row_offset, col_offset, width,
                                    columns, out):
     """`copy_shifted_plane` of input channel `channel`'s plane normalised as a kernel reads it
@@ -166,7 +166,7 @@ def _copy_shifted_normalised_plane(plane, channel, input_norm, row_offset, col_o
         out[k] = zero
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _input_norm_grad_sums(grad_plane, x_plane, channel, input_norm, sums):
     """sums[:] = (sum g, sum g * (x - mean_c)) over one plane, in float64, where g is
     grad_plane (the gradient with respect to a = relu(batch_norm(x))) masked by a > 0.
@@ -446,7 +446,7 @@ def _store_if_inside(sums, o, stop, value):
         sums[o] = value
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fill_upstream_block(grad_y, n, first_output, stop, output_norm, block, margin):
     """Write the upstream gradients of outputs first_output ... stop - 1 of sample n into
     block[j, margin:margin + plane size], one row each (the block's margins stay 0): the
