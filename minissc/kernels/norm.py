@@ -121,11 +121,13 @@ def plane_moments_of_images(x, moments):
             _plane_moments(x[n, c], moments[n, c])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _statistics_from_moments_kernel(moments, plane_size, mean, var):
+    """One thread: a few operations per plane, too little to wake a second. Over channels in
+    `prange` the same call took 111 us, in one thread 29 us (144 channels, 128 images)."""
     batch, channels = moments.shape[:2]
     count = batch * plane_size
-    for c in prange(channels):
+    for c in range(channels):
         shift = moments[0, c, 0]
         total = np.float64(0)
         squares = np.float64(0)
