@@ -367,7 +367,10 @@ class BatchNormReLUSSCPair(Function):
     second op keeps its input), except that bn2's batch statistics come from SSC1's kernel,
     which takes each plane's moments as it writes y1 (`norm.plane_moments`), instead of from
     a pass that reads y1 again: the same numbers. Backward, by the chain rule from the top:
-      (da2, dW2, the sums of bn2) = SSC2's backward at a2, as in the second op;
+      (da2, dW2, the sums of bn2) = SSC2's backward at a2, as in the second op, except that
+        where SSC2 runs on the flat kernels (fewer than 4 outputs per group) da2 is not
+        written: it depends on SSC2's weight and upstream only, and SSC1's kernel recomputes
+        each plane of it as it reads it (`minissc.kernels.ssc.NextLayerInputGrad`);
       dy1 = bn2 + ReLU's grad_x for the upstream da2: in the second op a pass of its own that
         writes dy1 to memory, for SSC1's backward to read it back. Here SSC1's backward kernel
         computes it from da2 and y1 group by group as it reads it (``output_norm`` in
@@ -417,8 +420,12 @@ class BatchNormReLUSSCPair(Function):
         x, weight1, bn1_weight, inv_std1, y1, weight2, bn2_weight, inv_std2 = ctx.saved_arrays
         (mean1, _, bn1_bias), (mean2, _, bn2_bias) = input_norm1, input_norm2 = ctx.input_norms
         layer1, layer2 = ctx.layers
+        grad_out = np.ascontiguousarray(grad_out)
+        fold = ssc_kernels.folds_next_layer(x.shape[1], weight1, 1, weight2, layer2[1])
         grad_a2, grad_weight2, *sums2 = ssc_kernels.ssc_backward(
-            y1, weight2, np.ascontiguousarray(grad_out), *layer2, input_norm=input_norm2)
+            y1, weight2, grad_out, *layer2, input_norm=input_norm2, input_grad=not fold)
+        if fold:  # SSC1's kernel computes da2 from grad_out as it reads it
+            grad_a2 = ssc_kernels.NextLayerInputGrad(grad_out, weight2, *layer2)
         output_norm = (y1, mean2, inv_std2, bn2_weight, bn2_bias, *sums2, ctx.training)
         grad_a1, grad_weight1, *sums1 = ssc_kernels.ssc_backward(
             x, weight1, grad_a2, *layer1, input_norm=input_norm1, output_norm=output_norm)

@@ -200,6 +200,80 @@ def test_output_norm_equals_the_batch_norm_pass_then_the_kernels(kernel, config,
             assert_close(actual, wanted, TWIN_TOLERANCE[dtype] * 10)
 
 
+@settings(max_examples=100)
+@given(ssc_configs(strides=(1,)), seeds, dtypes, st.data())
+def test_upstream_from_the_next_layer_equals_that_layers_input_grad(config, seed, dtype, data):
+    """An SSC backward given a NextLayerInputGrad (the next SSC layer's upstream gradient and
+    weight) computes, to the bit, what it computes given that layer's grad_x, with and
+    without input and output norms, and so does its NumPy twin, within rounding. The next
+    layer's backward with input_grad=False gives None for grad_x and the same rest."""
+    assume(config["o"] // config["groups"] >= ssc.GROUP_KERNEL_MIN_OUTPUTS)  # group kernels
+    channels, k = config["o"], config["k"]  # the next layer's input: this layer's output
+    next_group_size = data.draw(st.sampled_from(
+        [d for d in range(1, min(channels, k * k) + 1) if channels % d == 0]))
+    next_groups = channels // next_group_size
+    next_outputs = next_groups * data.draw(st.integers(1, ssc.GROUP_KERNEL_MIN_OUTPUTS - 1))
+    next_layer = (k, data.draw(st.sampled_from([1, 2])), data.draw(st.sampled_from(
+        [d for d in range(1, channels + 1) if channels % d == 0])))
+    x, weight, _ = ssc_problem(config, seed, dtype)
+    input_norm = input_norm_problem(config["c"], seed + 3, dtype) if data.draw(st.booleans()) \
+        else None
+    y = ssc.ssc_forward(x, weight, k, 1, input_norm=input_norm)
+    next_weight = arrays(seed + 4, (next_outputs, next_group_size), dtype)
+    side = [ssc.output_size(size, next_layer[1]) for size in y.shape[2:]]
+    next_grad = arrays(seed + 5, (config["n"], next_outputs, *side), dtype)
+    output_norm = None
+    if data.draw(st.booleans()) and y.size // y.shape[1] >= 2:
+        mean, var = norm.batch_norm_statistics(y)
+        inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        bn_weight, bn_bias = (arrays(seed + 6 + j, (channels,), dtype) for j in range(2))
+        sums = tuple(arrays(seed + 8 + j, (channels,)) for j in range(2))
+        output_norm = (y, mean, inv_std, bn_weight, bn_bias, *sums, data.draw(st.booleans()))
+    assert ssc.folds_next_layer(config["c"], weight, 1, next_weight, next_layer[1])
+
+    next_grads = ssc.ssc_backward(y, next_weight, next_grad, *next_layer)
+    without_grad_x = ssc.ssc_backward(y, next_weight, next_grad, *next_layer, input_grad=False)
+    assert without_grad_x[0] is None
+    np.testing.assert_array_equal(without_grad_x[1], next_grads[1])
+    upstream = ssc.NextLayerInputGrad(next_grad, next_weight, *next_layer)
+    grads = ssc.ssc_backward(x, weight, upstream, k, 1, input_norm=input_norm,
+                             output_norm=output_norm)
+    expected = ssc.ssc_backward(x, weight, next_grads[0], k, 1, input_norm=input_norm,
+                                output_norm=output_norm)
+    assert len(grads) == len(expected)
+    for actual, wanted in zip(grads, expected):
+        np.testing.assert_array_equal(actual, wanted)
+    twins = ssc.ssc_backward_reference(x, weight, upstream, k, 1, 1, input_norm, output_norm)
+    for actual, wanted in zip(grads, twins):
+        assert_close(actual, wanted, TWIN_TOLERANCE[dtype] * 10)
+
+
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+def test_backward_without_input_grad_gives_the_same_rest(kernel):
+    x, weight, grad_y = arrays(1, (2, 18, 5, 5)), arrays(2, (12, 9)), arrays(3, (2, 12, 5, 5))
+    input_norm = input_norm_problem(18, 4, np.float64)
+    with stride_1_kernel(kernel):
+        full = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, input_norm)
+        partial = ssc.ssc_backward(x, weight, grad_y, 3, 1, 1, input_norm, input_grad=False)
+    assert partial[0] is None and len(partial) == len(full) == 4
+    for actual, wanted in zip(partial[1:], full[1:]):
+        np.testing.assert_array_equal(actual, wanted)
+
+
+@pytest.mark.parametrize("weight_shape, stride, next_weight_shape", [
+    ((18, 9), 1, (8, 9)),   # the next layer has 4 outputs per group: group kernels
+    ((18, 9), 2, (2, 9)),   # this layer has stride 2: not the group kernels
+    ((2, 9), 1, (2, 2)),    # this layer has one output per group: flat kernels
+])
+def test_upstream_from_the_next_layer_is_refused_where_it_does_not_fold(
+        weight_shape, stride, next_weight_shape):
+    x = arrays(1, (1, 18, 4, 4))
+    upstream = ssc.NextLayerInputGrad(arrays(2, (1, next_weight_shape[0], 4, 4)),
+                                      arrays(3, next_weight_shape), 3, 1)
+    with pytest.raises(ValueError, match="a NextLayerInputGrad needs a stride-1 layer"):
+        ssc.ssc_backward(x, arrays(4, weight_shape), upstream, 3, stride)
+
+
 # ----------------------------------------------------------------------------------------------
 # The fused SSC against the dense oracle, and against the unfused pair
 # ----------------------------------------------------------------------------------------------

@@ -465,6 +465,13 @@ compare_and_time(bn_relu_ssc, "fused op == the pair",
 # kernel can compute dy1 itself, for one group of outputs at a time, just before it reads
 # them (``output_norm`` of `ssc.ssc_backward`, the helper `_fill_upstream_block`). It uses the
 # batch norm kernel's own expression (`norm._input_grad`), so dy1 is rounded the same way.
+#
+# da2 itself need not be stored either. SSC2 is linear in its input, so its input gradient
+# depends only on its weight and its upstream gradient: with one output per group (or a few)
+# each plane of da2 is one or a few weighted, shifted copies of the small upstream planes,
+# da2[n, c] = W2[o, i] * shift(grad_y[n, o]). So SSC2's backward skips writing it
+# (``input_grad=False``) and SSC1's kernel recomputes each plane as it reads it, from
+# grad_y (`ssc.NextLayerInputGrad`), with the same products summed in the same order.
 # `F.batch_norm_relu_ssc_pair` is the two layers as one op with this backward; an SSC
 # module uses it in training (`minissc.nn.ssc_pair`). Against the two ops:
 
