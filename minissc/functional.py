@@ -421,7 +421,7 @@ class BatchNormReLUSSCPair(Function):
         (mean1, _, bn1_bias), (mean2, _, bn2_bias) = input_norm1, input_norm2 = ctx.input_norms
         layer1, layer2 = ctx.layers
         grad_out = np.ascontiguousarray(grad_out)
-        fold = ssc_kernels.folds_next_layer(x.shape[1], weight1, 1, weight2, layer2[1])
+        fold = ssc_kernels.folds_next_layer(x.shape[1], weight1, layer1[1], weight2, layer2[1])
         grad_a2, grad_weight2, *sums2 = ssc_kernels.ssc_backward(
             y1, weight2, grad_out, *layer2, input_norm=input_norm2, input_grad=not fold)
         if fold:  # SSC1's kernel computes da2 from grad_out as it reads it
