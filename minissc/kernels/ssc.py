@@ -14,8 +14,11 @@ offset (dy_j, dx_j) = (p // k - k//2, p % k - k//2) (see `shift_offsets`), and
 into the point-wise loop and never store a shifted copy of x (the group forward keeps one
 group's shifted planes in a scratch block, in cache). `ssc_*` can also apply a batch norm +
 ReLU to x as they read it (``input_norm``, see `_normalised_value`), so that the activation
-relu(batch_norm(x)) in front of an SSC layer is never stored either. A group point-wise
-convolution is an SSC whose offsets are all zero, so both use the same inner kernels.
+relu(batch_norm(x)) in front of an SSC layer is never stored either, and `ssc_backward` can
+take, for its upstream gradient, the next SSC layer's upstream and weight
+(`NextLayerInputGrad`), so that the gradient between two SSC layers is never stored. A group
+point-wise convolution is an SSC whose offsets are all zero, so both use the same inner
+kernels.
 
 Every public function allocates its outputs and calls an `@njit` inner kernel (prefix `_`) that
 runs `prange` over independent output slices only. The weight gradient is summed plane by plane
