@@ -10,8 +10,8 @@ here, delete the cache (`find minissc -name '*.nb[ci]' -delete`) or the old help
 
 A helper that a kernel calls once per plane or per group, and that LLVM would leave as a
 call, is marked ``inline="always"`` (Numba inlines it before LLVM sees the kernel): a call
-passes each array as half a dozen separate arguments (about sixty on the stack for the SSC
-backward's helpers), a fixed cost that weighs most on 8x8 planes of 64 values. Inlining
+passes each array as half a dozen separate arguments (forty to sixty stack pushes a call for
+the SSC backward's helpers), a fixed cost that weighs most on 8x8 planes of 64 values. Inlining
 `copy_shifted_plane`, `zero_wrapped_columns` and the per-plane helpers of `ssc` and `norm`
 took the SSC backward kernels 0.63-0.97x the time with an input norm and 0.85-1.00x without,
 the group forward 0.82-0.98x with and 0.89-0.98x without, on sscresnet20's layer shapes

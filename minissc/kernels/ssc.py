@@ -298,6 +298,19 @@ def _fill_margined_upstream(upstream, stride, width, margin, margined):
         margined[margin + stride * (row * width + col)] = upstream[k]
 
 
+@njit(cache=True, inline="always")
+def _add_masked_upstream(upstream_plane, mask, w, adds, out):
+    """out = (out if adds else 0) + w * upstream_plane, the upstream 0 where mask is 0: one
+    output's term of a flat backward's grad_x plane. One loop for `_flat_backward_kernel` and
+    `_fill_next_layer_input_grad`, which must round alike."""
+    zero = out.dtype.type(0)
+    for j in range(out.size):
+        upstream = upstream_plane[j]  # loaded first, then selected: vectorises
+        upstream = upstream if mask[j] != zero else zero
+        previous = out[j]
+        out[j] = (previous if adds else zero) + w * upstream
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, input_channels,
                           input_norm, width, masks, grad_x, grad_weight_per_sample, norm_sums):
@@ -363,11 +376,7 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
                 w, mask = weight[o, i], masks[i]
                 first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
                 upstream_plane = margined[first:first + plane_size]
-                for j in range(plane_size):
-                    upstream = upstream_plane[j]  # loaded first, then selected: vectorises
-                    upstream = upstream if mask[j] != zero else zero
-                    previous = grad_x_plane[j]
-                    grad_x_plane[j] = (previous if adds else zero) + w * upstream
+                _add_masked_upstream(upstream_plane, mask, w, adds, grad_x_plane)
                 weight_sum = zero
                 for j in range(plane_size):  # no store: always the same vector loop
                     upstream = upstream_plane[j]
@@ -513,7 +522,8 @@ def _through_output_norm(grads, n, o, output_norm, row):
 def _fill_next_layer_input_grad(next_layer, next_block, channel, width, row):
     """row = the gradient that the next SSC layer's backward (`_flat_backward_kernel`) would
     write for its input channel `channel` (this layer's output channel c), the same values
-    summed in the same order: over the outputs o2 of the next layer that read c, as input i,
+    summed in the same order, by the same loop (`_add_masked_upstream`): over the outputs o2
+    of the next layer that read c, as input i,
         row = (0, then the row so far) + W2[o2, i] * (upstream2[o2] read from j - off_i,
                                                      0 where masks2[i, j] is 0).
     next_layer = (upstream2, W2, row offsets, column offsets, stride, masks2, first_reader,
@@ -526,18 +536,12 @@ def _fill_next_layer_input_grad(next_layer, next_block, channel, width, row):
     readers = weight.shape[0] // (first_reader.size // weight.shape[1])  # outputs per group
     plane_size = row.size
     margin = (next_block.shape[1] - plane_size) // 2
-    zero = row.dtype.type(0)
     i = reader_input[channel]
     first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
-    mask = masks[i]
     for step in range(readers):
         o2 = first_reader[channel] + step
-        w, upstream_plane = weight[o2, i], next_block[o2, first:first + plane_size]
-        for k in range(plane_size):
-            upstream = upstream_plane[k]
-            upstream = upstream if mask[k] != zero else zero
-            previous = row[k]
-            row[k] = (previous if step > 0 else zero) + w * upstream
+        _add_masked_upstream(next_block[o2, first:first + plane_size], masks[i],
+                             weight[o2, i], step > 0, row)
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
