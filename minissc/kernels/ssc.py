@@ -32,8 +32,8 @@ from numba import njit, prange
 
 from minissc.kernels import copy_shifted_plane, flat_run, plane_columns, planes, valid_range
 from minissc.kernels import norm
-from minissc.kernels.norm import (_input_grad, _input_grad_rule, _normalised, _plane_grad_sums,
-                                  _plane_moments)
+from minissc.kernels.norm import (_input_grad, _normalised, _plane_grad_sums, _plane_moments,
+                                  channel_rule)
 
 
 def shift_offsets(channels, kernel_size, group_size):
@@ -479,10 +479,10 @@ def _fill_upstream_block(grad_y, n, first_output, stop, output_norm, next_layer,
     rows of grad_y itself, or, with a next layer, computed from its upstream (see
     `_fill_next_layer_input_grad`); then, with an output norm, taken through it.
 
-    An output norm (y, mean, inv_std, weight, bias, grad_weight, grad_bias, batch_statistics)
-    says that the layer's output y is read by a batch norm + ReLU, a = relu(batch_norm(y)),
-    that grad_y is the gradient with respect to a, and that the batch norm's parameter
-    gradients are known (the next layer's backward summed them). By the chain rule through a,
+    An output norm (y, rules, bias) says that the layer's output y is read by a batch norm +
+    ReLU, a = relu(batch_norm(y)), that grad_y is the gradient with respect to a, and that
+    the batch norm's parameter gradients are known (the next layer's backward summed them),
+    and with them its `norm.input_grad_rules`. By the chain rule through a,
     the gradient with respect to y is the batch norm's grad_x (`norm._input_grad`) of
     grad_y * [a > 0], and it is computed here, group by group, as the rows are about to be
     read: the batch norm's own grad_x pass would write it to memory and read it back. Without
@@ -504,12 +504,11 @@ def _fill_upstream_block(grad_y, n, first_output, stop, output_norm, next_layer,
 def _through_output_norm(grads, n, o, output_norm, row):
     """row = grads (one plane of output o of sample n), taken through the output norm if
     there is one (see `_fill_upstream_block`); grads may be row itself."""
-    y, mean, inv_std, weight, bias, grad_weight, grad_bias, batch_statistics = output_norm
-    if mean.size == 0:
+    y, rules, bias = output_norm
+    if rules.shape[0] == 0:
         row[:] = grads
         return
-    rule = _input_grad_rule(o, mean, inv_std, weight, grad_weight, grad_bias, batch_statistics,
-                            y.shape[0] * y.shape[2])
+    rule = channel_rule(rules, o)
     channel_mean, scale = rule[0], rule[1]
     zero = row.dtype.type(0)
     values = y[n, o]
@@ -720,8 +719,7 @@ def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuf
 
 def _no_output_norm(dtype):
     """The `output_norm` of a layer whose output gradient is given as it is."""
-    empty = np.empty(0, dtype)
-    return np.empty((0, 0, 0), dtype), empty, empty, empty, empty, empty, empty, False
+    return np.empty((0, 0, 0), dtype), np.empty((0, 4), dtype), np.empty(0, dtype)
 
 
 def _no_next_layer(dtype):
@@ -754,9 +752,11 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     kernel_output_norm = _no_output_norm(x.dtype)
     if output_norm is not None and group_kernel:
         y, mean, inv_std, bn_weight, bn_bias, sum_grad, sum_grad_centred, training = output_norm
-        bn_grads = norm.parameter_grads(sum_grad, sum_grad_centred, inv_std, x.dtype)
-        kernel_output_norm = (planes(y), mean, inv_std, bn_weight, bn_bias) + bn_grads \
-            + (training,)
+        grad_bn_weight, grad_bn_bias = norm.parameter_grads(sum_grad, sum_grad_centred,
+                                                            inv_std, x.dtype)
+        rules = norm.input_grad_rules(mean, inv_std, bn_weight, grad_bn_weight, grad_bn_bias,
+                                      training, y.size // y.shape[1])
+        kernel_output_norm = planes(y), rules, bn_bias
     elif output_norm is not None:
         grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
     grad_x = np.empty_like(x) if input_grad or group_kernel else np.empty((0, 0, 0, 0), x.dtype)
