@@ -459,6 +459,24 @@ class ReLU(Function):
         return norm_kernels.relu_backward(np.ascontiguousarray(grad_out), y)
 
 
+class AddReLU(Function):
+    """y = relu(a + b), a and b of one shape, in one pass (the end of a residual block).
+    Backward: g = dy where y > 0, else 0 (ReLU's backward), and the sum passes g to both:
+    da = db = g."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = norm_kernels.add_relu_forward(np.ascontiguousarray(a), np.ascontiguousarray(b))
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (y,) = ctx.saved_arrays
+        grad = norm_kernels.relu_backward(np.ascontiguousarray(grad_out), y)
+        return grad, grad
+
+
 def batch_norm2d(x, weight=None, bias=None, running_mean=None, running_var=None,
                  training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Batch normalisation of NCHW input over N, H, W per channel.
@@ -596,6 +614,17 @@ def _batch_norm_arguments(x, weight, bias, running_mean, running_var, training, 
 def relu(x) -> Tensor:
     """max(x, 0), elementwise."""
     return ReLU.apply(as_tensor(x, "x"))
+
+
+def add_relu(a, b) -> Tensor:
+    """``relu(a + b)`` in one pass, for a and b of one shape and dtype (no broadcasting): the
+    sum is never stored, and the backward is ReLU's alone."""
+    a, b = as_tensor(a, "a"), as_tensor(b, "b")
+    check_same_dtype(a=a, b=b)
+    if a.shape != b.shape:
+        raise ValueError(f"add_relu needs a and b of one shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    return AddReLU.apply(a, b)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ import difflib
 import functools
 import inspect
 
+from minissc import functional as F
 from minissc.checks import check_int
 from minissc.nn import (BatchNorm2d, BatchNormReLU2d, Conv2d, GlobalAvgPool2d, Linear, Module,
-                        ReLU, Sequential, Shift, SSCConv2d, ssc_pair)
+                        Sequential, Shift, SSCConv2d, ssc_pair)
 
 SHIFT_EXPANSIONS = (1, 3, 6, 9)  # the expansions Shift-Net reports on CIFAR [paper]
 SSC_RATIOS = (1, 2, 4)  # outputs per SSC2 group that divide every width 16/32/64 [recon]
@@ -61,12 +62,11 @@ class BasicBlock(Module):
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = BatchNorm2d(out_channels)
         self.shortcut = projection_shortcut(in_channels, out_channels, stride)
-        self.relu = ReLU()
 
     def forward(self, x):
         out = self.bn1(self.conv1(x))  # BN + ReLU, fused
         out = self.bn2(self.conv2(out))
-        return self.relu(out + _apply_shortcut(self.shortcut, x))
+        return F.add_relu(out, _apply_shortcut(self.shortcut, x))  # one pass
 
 
 class ShiftBlock(Module):
@@ -126,7 +126,6 @@ class SSCBlock(Module):
                               shuffle_groups=mid // 9)  # channel shuffle, then SSC2
         self.bn3 = BatchNorm2d(out_channels)
         self.shortcut = projection_shortcut(in_channels, out_channels, stride)
-        self.relu = ReLU()
 
     def forward(self, x):
         # ssc2(ssc1(conv1(x), input_norm=bn1), input_norm=bn2): bn1, bn2 (BN + ReLU) applied as
@@ -134,7 +133,7 @@ class SSCBlock(Module):
         # into conv1's
         out = ssc_pair(x, self.bn1, self.ssc1, self.bn2, self.ssc2, conv=self.conv1)
         out = self.bn3(out)
-        return self.relu(out + _apply_shortcut(self.shortcut, x))
+        return F.add_relu(out, _apply_shortcut(self.shortcut, x))  # one pass
 
 
 class CifarResNet(Module):

@@ -332,6 +332,16 @@ def test_gradcheck_relu_away_from_the_kink(shape, seed):
     assert_gradients_match(F.relu, x)
 
 
+@settings(max_examples=25)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4),
+                       st.integers(1, 4)), seed=seeds)
+def test_add_relu_is_relu_of_the_sum_and_its_gradients_match(shape, seed):
+    a, b = leaf(seed, shape), leaf(seed + 1, shape)
+    assume(np.abs(a.data + b.data).min() > 1e-3)
+    np.testing.assert_array_equal(F.add_relu(a, b).data, F.relu(F.add(a, b)).data)
+    assert_gradients_match(F.add_relu, a, b)
+
+
 @pytest.mark.parametrize("stride,padding,groups,k,bias", [
     (1, 1, 1, 3, False), (2, 1, 1, 3, True), (1, 0, 1, 1, False), (2, 0, 2, 1, True),
     (1, 2, 3, 3, True)])
@@ -432,6 +442,8 @@ BAD_CALLS = [
     ("shuffle groups", lambda: F.channel_shuffle(X, 4), ValueError, r"channels \(18\) must be divisible by groups \(4\)"),
     ("linear features", lambda: F.linear(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32)), ValueError, r"5 input features but x has 3"),
     ("not an array", lambda: F.relu("abc"), TypeError, r"x must be a Tensor or a NumPy array, got str"),
+    ("add_relu shapes", lambda: F.add_relu(X, X[:, :9]), ValueError, r"add_relu needs a and b of one shape, got \(2, 18, 6, 6\) and \(2, 9, 6, 6\)"),
+    ("add_relu dtypes", lambda: F.add_relu(X, X.astype(np.float64)), TypeError, r"a is float32, b is float64"),
     ("bn + ssc: bn weight shape", lambda: F.batch_norm_relu_ssc_conv2d(X, np.ones(3, np.float32), None, None, None, W), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
     ("bn + ssc: ssc stride", lambda: F.batch_norm_relu_ssc_conv2d(X, None, None, None, None, W, stride=0), ValueError, r"stride must be >= 1, got 0"),
     ("bn + ssc: eval without statistics", lambda: F.batch_norm_relu_ssc_conv2d(X, None, None, None, None, W, training=False), ValueError, r"eval mode .* needs running_mean"),

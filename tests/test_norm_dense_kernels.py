@@ -191,6 +191,17 @@ def test_relu_matches_reference(shape, seed, dtype):
 
 
 @settings(max_examples=100)
+@given(nchw_shapes(), seeds, dtypes)
+def test_add_relu_matches_reference(shape, seed, dtype):
+    a, b = arrays(seed, shape, dtype), arrays(seed + 1, shape, dtype)
+    a.reshape(-1)[:: 7] = np.nan  # NaN stays NaN, as in relu_forward
+    y = norm.add_relu_forward(a, b)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, norm.add_relu_forward_reference(a, b))
+    np.testing.assert_array_equal(y, norm.relu_forward(a + b))
+
+
+@settings(max_examples=100)
 @given(nchw_shapes(), seeds)
 def test_relu_backward_matches_finite_differences(shape, seed):
     """Inputs are pushed at least 0.1 away from the kink at 0."""

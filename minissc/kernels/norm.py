@@ -456,7 +456,7 @@ def batch_norm_relu_backward_reference(grad_y, x, mean, inv_std, weight, bias, b
 
 
 # --------------------------------------------------------------------------------------------
-# ReLU, on arrays of any shape.
+# ReLU, and a sum followed by ReLU, on arrays of any shape.
 # --------------------------------------------------------------------------------------------
 
 
@@ -479,6 +479,27 @@ def _relu_forward_kernel(x, y):
 def relu_forward_reference(x):
     """NumPy twin of `relu_forward`."""
     return np.maximum(x, 0)
+
+
+def add_relu_forward(a, b):
+    """y = max(a + b, 0) elementwise for a and b of one shape, in one pass: the end of a
+    residual block, whose sum is never written on its own (NaN stays NaN)."""
+    y = np.empty_like(a)
+    _add_relu_forward_kernel(a.reshape(-1), b.reshape(-1), y.reshape(-1))
+    return y
+
+
+@njit(cache=True, parallel=True)
+def _add_relu_forward_kernel(a, b, y):
+    zero = y.dtype.type(0)
+    for i in prange(a.size):
+        value = a[i] + b[i]
+        y[i] = zero if value < 0 else value
+
+
+def add_relu_forward_reference(a, b):
+    """NumPy twin of `add_relu_forward`."""
+    return relu_forward_reference(a + b)
 
 
 def relu_backward(grad_y, y):
