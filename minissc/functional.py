@@ -40,7 +40,7 @@ class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.shapes = (a.shape, b.shape)
-        return a + b
+        return norm_kernels.add_arrays(a, b)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -25,6 +25,8 @@ import sys
 
 import numpy as np
 
+from minissc.kernels.norm import add_arrays
+
 _grad_enabled = True
 
 
@@ -172,7 +174,7 @@ class Tensor:
                 continue
             if isinstance(vertex, Tensor):  # a leaf
                 first = vertex.grad is None
-                vertex.grad = _leaf_grad(grad_out) if first else vertex.grad + grad_out
+                vertex.grad = _leaf_grad(grad_out) if first else add_arrays(vertex.grad, grad_out)
             else:
                 _backward_node(vertex, grad_out, grads, retain_graph)
 
@@ -190,7 +192,7 @@ def _backward_node(node, grad_out, grads: dict, retain_graph: bool) -> None:
         if parent is None or parent_grad is None:
             continue
         key = id(parent)
-        grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
+        grads[key] = parent_grad if key not in grads else add_arrays(grads[key], parent_grad)
     if not retain_graph:
         node.ctx = None
 
