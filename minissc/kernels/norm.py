@@ -492,8 +492,14 @@ def add_arrays(a, b):
     if (a.shape != b.shape or a.dtype != b.dtype or a.size < PARALLEL_ADD_MIN_SIZE
             or not (a.flags.c_contiguous and b.flags.c_contiguous)):
         return a + b
+    return _elementwise(_add_kernel, a, b)
+
+
+def _elementwise(kernel, a, b):
+    """A new array (a's shape and dtype) filled by an elementwise kernel(a, b, out) of two
+    arrays of one shape, run on their flat views."""
     out = np.empty_like(a)
-    _add_kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1))
+    kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1))
     return out
 
 
@@ -506,9 +512,7 @@ def _add_kernel(a, b, out):
 def add_relu_forward(a, b):
     """y = max(a + b, 0) elementwise for a and b of one shape, in one pass: the end of a
     residual block, whose sum is never written on its own (NaN stays NaN)."""
-    y = np.empty_like(a)
-    _add_relu_forward_kernel(a.reshape(-1), b.reshape(-1), y.reshape(-1))
-    return y
+    return _elementwise(_add_relu_forward_kernel, a, b)
 
 
 @njit(cache=True, parallel=True)
@@ -527,9 +531,7 @@ def add_relu_forward_reference(a, b):
 def relu_backward(grad_y, y):
     """grad_x = grad_y where y > 0, else 0: d max(x, 0) / dx is 1 for x > 0 and 0 for x < 0,
     and the subgradient 0 is taken at x = 0."""
-    grad_x = np.empty_like(grad_y)
-    _relu_backward_kernel(grad_y.reshape(-1), y.reshape(-1), grad_x.reshape(-1))
-    return grad_x
+    return _elementwise(_relu_backward_kernel, grad_y, y)
 
 
 @njit(cache=True, parallel=True)
