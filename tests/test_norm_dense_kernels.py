@@ -190,14 +190,14 @@ def test_relu_matches_reference(shape, seed, dtype):
     np.testing.assert_array_equal(grad_x, norm.relu_backward_reference(grad_y, y))
 
 
-@pytest.mark.parametrize("shape", [(2, 16, 64, 64), (3, 5), (1 << 16,)])
+@pytest.mark.parametrize("shape", [(2, 16, 128, 128), (3, 5), (norm.PARALLEL_ADD_MIN_SIZE,)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_add_arrays_is_numpys_add(shape, dtype):
     """The parallel kernel (large arrays) and NumPy's add (small ones) give a + b, to the bit;
     shapes that broadcast, mixed dtypes and non-contiguous views go to NumPy."""
     a, b = arrays(0, shape, dtype), arrays(1, shape, dtype)
     np.testing.assert_array_equal(norm.add_arrays(a, b), a + b)
-    big = arrays(2, (4, 128, 256), dtype)
+    big = arrays(2, (4, 512, 256), dtype)
     for left, right in ((big, big[:1]), (big, big.astype(np.float16)), (big[:, ::2], big[:, 1::2])):
         np.testing.assert_array_equal(norm.add_arrays(left, right), left + right)
 

@@ -752,10 +752,8 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     kernel_output_norm = _no_output_norm(x.dtype)
     if output_norm is not None and group_kernel:
         y, mean, inv_std, bn_weight, bn_bias, sum_grad, sum_grad_centred, training = output_norm
-        grad_bn_weight, grad_bn_bias = norm.parameter_grads(sum_grad, sum_grad_centred,
-                                                            inv_std, x.dtype)
-        rules = norm.input_grad_rules(mean, inv_std, bn_weight, grad_bn_weight, grad_bn_bias,
-                                      training, y.size // y.shape[1])
+        rules = norm.relu_input_grad_rules(y, mean, inv_std, bn_weight, sum_grad,
+                                           sum_grad_centred, training)
         kernel_output_norm = planes(y), rules, bn_bias
     elif output_norm is not None:
         grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
