@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from numba import njit
+from numba.core.errors import TypingError
 
 from minissc import reference
 from minissc.gradcheck import numerical_gradient
-from minissc.kernels import norm, ssc
+from minissc.kernels import multiply_add, norm, ssc
 from strategies import arrays, conv_configs, on_one_thread, seeds, ssc_configs
 
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -393,6 +395,28 @@ def test_kernel_size_one_is_plain_group_pointwise(dtype):
     for fused, unfused in zip(ssc.ssc_backward(x, weight, grad_y, 1, 2),
                               ssc.group_pointwise_backward(x, weight, grad_y, 2)):
         np.testing.assert_array_equal(fused, unfused)
+
+
+@njit
+def _multiply_add_loop(a, b, c, out):
+    for k in range(a.size):
+        out[k] = multiply_add(a[k], b[k], c[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multiply_add_rounds_a_times_b_plus_c_once_or_twice(dtype):
+    """multiply_add(a, b, c) is a * b + c rounded once (a fused multiply-add) or twice: within
+    one rounding of the exact value, computed in higher precision, in a loop LLVM vectorises;
+    and it takes only three floats of one type."""
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(1000).astype(dtype) for _ in range(3))
+    out = np.empty_like(a)
+    _multiply_add_loop(a, b, c, out)
+    exact = a.astype(np.longdouble) * b + c
+    twice = (a * b + c).astype(np.longdouble)
+    assert np.all(np.abs(out - exact) <= np.abs(twice - exact) + np.spacing(np.abs(out)))
+    with pytest.raises(TypingError):
+        _multiply_add_loop(a, b.astype(np.int64), c, out)
 
 
 def test_shift_offsets_follow_row_major_positions():

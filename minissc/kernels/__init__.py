@@ -20,7 +20,9 @@ The two plane sums that must agree to the bit across kernels (`norm._plane_momen
 `norm._plane_grad_sums`) are left to LLVM; `tests/` compare those kernels bit for bit.
 """
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 
 def planes(array):
@@ -100,3 +102,27 @@ def copy_shifted_plane(plane, row_offset, col_offset, width, columns, out):
             out[first_out + step] = plane[first_in + step] if (col >= 0) & (col < width) else zero
     for k in range(first_out + count, out.size):
         out[k] = zero
+
+
+@intrinsic
+def multiply_add(typingctx, a, b, c):
+    """a * b + c, rounded once where the CPU has a fused multiply-add instruction, else
+    rounded twice (LLVM's `llvm.fmuladd`): for one float type, in a Numba kernel only.
+
+    The group kernels of `ssc` write their nine-term sums with it. Compiling a whole kernel
+    with fastmath "contract" fuses the same products, but also those of the helpers Numba
+    inlines into it, some of which must round as another kernel rounds them (see
+    `ssc._fill_next_layer_input_grad`); this fuses only where it is written. LLVM vectorises
+    the call like an operator. On one machine the rounding is fixed, so results stay
+    deterministic; the NumPy twins round twice and the tests compare within a tolerance.
+    """
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value_type = context.get_value_type(signature.return_type)
+        function = builder.module.declare_intrinsic(
+            "llvm.fmuladd", [value_type], ir.FunctionType(value_type, [value_type] * 3))
+        return builder.call(function, args)
+
+    return a(a, b, c), codegen
