@@ -401,9 +401,11 @@ def _copy_masked_plane(source, mask, channel_norm, out):
     after, or wraps to the row's other end, and the mask (`shift_masks` of the offsets)
     drops those values. One loop over the whole plane, with no run to compute and no
     zeroing loops around it: the group forward, which copies every input plane so, took
-    0.74-0.81x the time of `copy_shifted_plane`'s three loops at 576->576 8x8 (a scratch
-    copy of the kernel, 1 and 2 threads, median of 30 calls). A plane whose run would start
-    before the sample's first value or end past its last takes `copy_shifted_plane`."""
+    0.80x the time of `copy_shifted_plane`'s three loops at 576->576 8x8, 0.92x at 288->288
+    16x16, 0.96x at 144->144 32x32 (0.85x, 0.94x, 1.00x with an input norm;
+    `benchmarks/ssc_versions_ab.py --against 8c0ef4e [--norm] --rounds 15`). A plane whose
+    run would start before the sample's first value or end past its last takes
+    `copy_shifted_plane`."""
     zero = out.dtype.type(0)
     for k in range(out.size):
         value = _normalised_value(source[k], channel_norm, zero)
