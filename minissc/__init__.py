@@ -8,7 +8,6 @@ bridge from the graph to the kernels) -> ``nn`` (modules) -> ``models`` -> ``tra
 from minissc import runtime
 
 runtime.set_thread_defaults()  # before NumPy and Numba start their thread pools
-runtime.prefer_wide_vectors()  # before Numba reads its settings
 runtime.keep_freed_memory()
 
 from minissc import functional, models, nn, reference  # noqa: E402

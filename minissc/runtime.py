@@ -10,14 +10,6 @@ turned off; a value the user has already set always wins.
   minissc is imported before NumPy.
 - Numba's OpenMP threads sleep rather than spin while they wait (OMP_WAIT_POLICY=PASSIVE):
   with another process busy on one core, spinning made a small resnet20 step 10x slower.
-- On a CPU with AVX-512, LLVM vectorises Numba's kernels with 512-bit vectors
-  (`prefer_wide_vectors`); by default it keeps to 256 bits on such CPUs. Whole training
-  steps of sscresnet20, this against the default in fresh processes, alternating, 5 rounds
-  of 8 steps (Intel Xeon VM, AVX-512): r=1 0.95x the time (0.81-0.99), r=2 0.94x
-  (0.89-1.00); resnet20 1.03x and shiftresnet20 0.96x, within their noise (3 rounds each).
-  The kernels gain on 8x8 planes (the SSC group forward at 576->576 8x8: 3.7 -> 2.0 ms) and
-  lose on 32x32 ones (144->144 32x32: 11.0 -> 12.4-13.5 ms forward). Set
-  MINISSC_WIDE_VECTORS=0 to leave Numba's choice.
 - glibc keeps freed memory for reuse (`keep_freed_memory`). A training step allocates and
   frees the same large activations every time; by default glibc hands each array over 32 MB
   back to the kernel when it is freed, and the next step pays a page fault for every 4 KB of
@@ -44,23 +36,6 @@ def set_thread_defaults() -> None:
     """Set the thread variables above unless the user has set them."""
     for variable, value in _THREAD_DEFAULTS:
         os.environ.setdefault(variable, value)
-
-
-def prefer_wide_vectors() -> bool:
-    """On a CPU with AVX-512, have Numba compile for the host's features plus
-    ``-prefer-256-bit`` (NUMBA_CPU_FEATURES), so that LLVM vectorises with 512-bit vectors.
-    Returns whether it was applied: not when MINISSC_WIDE_VECTORS=0, when the user has set
-    NUMBA_CPU_FEATURES, on a CPU without AVX-512, or once Numba is imported (it reads its
-    settings then)."""
-    if (os.environ.get("MINISSC_WIDE_VECTORS", "1") == "0" or "NUMBA_CPU_FEATURES" in os.environ
-            or "numba" in sys.modules):
-        return False
-    import llvmlite.binding as llvm
-    features = llvm.get_host_cpu_features()
-    if not features.get("avx512f", False):
-        return False
-    os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
-    return True
 
 
 def keep_freed_memory() -> bool:
