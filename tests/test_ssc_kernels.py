@@ -479,8 +479,10 @@ def test_backward_does_not_depend_on_where_arrays_lie_in_memory(family):
 def test_backward_with_norms_does_not_depend_on_where_arrays_lie_in_memory(kernel):
     """As above, with an input norm and an output norm (the paths an SSC module's layers
     take): the same call twice on copies of its inputs gives the same bits, and so does the
-    call with the output norm's pass run first, over thousands of tiny layers. Compiled for 512-bit vectors, the group kernels failed this on about 1
-    call in 500 (planes of a few values), which is why minissc keeps Numba's default width."""
+    call with the output norm's pass run first, over thousands of tiny layers. Compiled for
+    512-bit vectors (NUMBA_CPU_FEATURES with -prefer-256-bit) the group kernels fail this
+    test (a scratch loop like it: 6 mismatches in 2,940 calls), which is why minissc keeps
+    Numba's default vector width."""
     rng = np.random.default_rng(1)
     with stride_1_kernel(kernel):
         for trial in range(3000):
