@@ -175,7 +175,34 @@ def machine_info(threads: int, torch) -> dict:
             "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER",
             "NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")},
         "load_average_at_start": os.getloadavg(),
+        "speed_at_start": machine_speed(),
     }
+
+
+def machine_speed(repeats: int = 21) -> dict:
+    """How fast this machine is right now, for comparing runs of different days (this VM's
+    speed drifts by tens of percent, and an absolute target such as images/s moves with it):
+    GB/s of a NumPy copy of 64 MB (bytes read plus bytes written, one thread) and GFLOP/s of
+    a 512 x 512 float32 matrix product on one BLAS thread (minissc sets one); medians of
+    `repeats` calls after one untimed call. About half a second."""
+    import numpy as np
+    source = np.ones(16 * 2**20, dtype=np.float32)
+    target = np.empty_like(source)
+    a, b = np.ones((2, 512, 512), dtype=np.float32)
+
+    def seconds(call):
+        call()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return median(times)
+
+    copy_s = seconds(lambda: np.copyto(target, source))
+    matmul_s = seconds(lambda: a @ b)
+    return {"copy_gb_per_s": round(2 * source.nbytes / copy_s / 1e9, 2),
+            "matmul_gflop_per_s": round(2 * 512**3 / matmul_s / 1e9, 2)}
 
 
 def _numba_threading_layer() -> str | None:
@@ -1104,6 +1131,12 @@ def format_report(results: dict) -> str:
              f"{meta['minissc']} at {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''};"
              f" load average at start {meta['load_average_at_start'][0]:.2f}"]
     lines += [f"note: {note}" for note in results["notes"]]
+    if meta.get("speed_at_start"):  # runs before 2026-12-02n have no speed probe
+        lines.append("machine speed (`machine_speed`): " + "; ".join(
+            f"{when} copy {speed['copy_gb_per_s']:.1f} GB/s, 1-thread matmul "
+            f"{speed['matmul_gflop_per_s']:.1f} GFLOP/s"
+            for when, speed in (("at start", meta["speed_at_start"]),
+                                ("at end", meta.get("speed_at_end"))) if speed))
     if results.get("error"):
         lines.append(f"ERROR: {results['error']}")
     if meta.get("section_seconds"):
@@ -1336,6 +1369,7 @@ def main(argv=None) -> int:
         write_json(out, results)  # partial results survive a crash in a later section
     results["targets"] = evaluate_targets(results)
     results["meta"]["load_average_at_end"] = os.getloadavg()
+    results["meta"]["speed_at_end"] = machine_speed()
     results["meta"]["wall_time_s"] = time.perf_counter() - started
     write_json(out, results)
     print(format_report(results))

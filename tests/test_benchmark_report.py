@@ -64,3 +64,20 @@ def test_without_torch_the_ratio_targets_are_not_applicable():
     assert statuses["sscresnet20 r=1 training vs torch"] == "n/a"
     assert statuses["sscresnet20 r=1 training images/s"] == "MISS"
     assert "ssc 576->576 8x8 s1" in benchmark.format_report(results)
+
+
+def test_report_shows_the_machine_speed_probes_when_the_run_has_them():
+    results = _results(with_torch=True)
+    assert "machine speed" not in benchmark.format_report(results)  # runs before the probe
+    results["meta"].update(speed_at_start={"copy_gb_per_s": 12.5, "matmul_gflop_per_s": 149.0},
+                           speed_at_end={"copy_gb_per_s": 11.0, "matmul_gflop_per_s": 120.0})
+    line = next(line for line in benchmark.format_report(results).splitlines()
+                if line.startswith("machine speed"))
+    assert line.endswith("at start copy 12.5 GB/s, 1-thread matmul 149.0 GFLOP/s; at end copy "
+                         "11.0 GB/s, 1-thread matmul 120.0 GFLOP/s")
+
+
+def test_machine_speed_measures_both_probes():
+    speed = benchmark.machine_speed(repeats=1)
+    assert set(speed) == {"copy_gb_per_s", "matmul_gflop_per_s"}
+    assert all(0 < value < float("inf") for value in speed.values())
