@@ -179,6 +179,19 @@ def machine_info(threads: int, torch) -> dict:
     }
 
 
+def call_seconds(call, repeats: int, untimed: int = 1) -> list:
+    """Seconds of each of `repeats` calls of call(), after `untimed` calls (compile or cache
+    load, warm-up)."""
+    for _ in range(untimed):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def machine_speed(repeats: int = 21) -> dict:
     """How fast this machine is right now, for comparing runs of different days (this VM's
     speed drifts by tens of percent, and an absolute target such as images/s moves with it):
@@ -189,18 +202,8 @@ def machine_speed(repeats: int = 21) -> dict:
     source = np.ones(16 * 2**20, dtype=np.float32)
     target = np.empty_like(source)
     a, b = np.ones((2, 512, 512), dtype=np.float32)
-
-    def seconds(call):
-        call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        return median(times)
-
-    copy_s = seconds(lambda: np.copyto(target, source))
-    matmul_s = seconds(lambda: a @ b)
+    copy_s = median(call_seconds(lambda: np.copyto(target, source), repeats))
+    matmul_s = median(call_seconds(lambda: a @ b, repeats))
     return {"copy_gb_per_s": round(2 * source.nbytes / copy_s / 1e9, 2),
             "matmul_gflop_per_s": round(2 * 512**3 / matmul_s / 1e9, 2)}
 

@@ -11,7 +11,6 @@ re-checked on another machine. Run it on an otherwise idle machine:
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import minissc  # noqa: F401  (before NumPy: single-threaded BLAS, see minissc.runtime)
@@ -27,13 +26,7 @@ KERNELS = {"flat": np.iinfo(np.int64).max, "group": 1}
 
 
 def median_ms(function, repeats=10):
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return 1000 * float(np.median(run.call_seconds(function, repeats)))
 
 
 def main(argv=None):

@@ -36,6 +36,9 @@ import minissc.functional as F
 from minissc import Tensor, models, optim
 from minissc.kernels import ssc
 
+sys.path.insert(0, str(Path(__file__).parent))
+import run  # noqa: E402  (the benchmark's timing loop)
+
 SHAPES = [  # channels, side, outputs, stride: sscresnet20's (r=1) SSC1 and SSC2 layers
     (576, 8, 576, 1), (144, 32, 144, 1), (288, 16, 288, 1),
     (576, 8, 64, 1), (144, 32, 16, 1), (288, 16, 32, 1), (288, 32, 32, 2), (576, 16, 64, 2)]
@@ -74,18 +77,6 @@ def alternate(calls: dict, rounds: int) -> dict:
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
-    return times
-
-
-def time_calls(call, repeats: int) -> list:
-    """Seconds of `repeats` calls, after two untimed ones (compile or cache load, warm-up)."""
-    call()
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
     return times
 
 
@@ -136,7 +127,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker_steps:
         r, steps = args.worker_steps
-        print(1e3 * np.median(time_calls(training_step(r), steps)))
+        print(1e3 * np.median(run.call_seconds(training_step(r), steps, untimed=2)))
         return 0
     if not (args.against or args.pair or args.steps_against):
         parser.error("give --against REVISION, --pair, --steps-against REVISION, or several")
