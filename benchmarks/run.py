@@ -175,7 +175,6 @@ def machine_info(threads: int, torch) -> dict:
             "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER",
             "NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")},
         "load_average_at_start": os.getloadavg(),
-        "speed_at_start": machine_speed(),
     }
 
 
@@ -1324,6 +1323,7 @@ def main(argv=None) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or HERE / "results" / f"{args.mode}-{stamp}.json"
     results = {"meta": machine_info(args.threads, torch), "config": config, "notes": []}
+    results["meta"]["speed_at_start"] = machine_speed()
     load = results["meta"]["load_average_at_start"][0]
     if load > BUSY_LOAD:
         results["notes"].append(
