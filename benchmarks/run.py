@@ -603,7 +603,8 @@ def bench_layers(specs: list[dict], torch, config: dict, threads: int) -> list[d
     timings = {framework: merge_layer_rounds(rounds) for framework, rounds in
                alternate_workers("layers", timed_frameworks(torch), config, threads,
                                  dict(specs=specs)).items()}
-    timings[TORCH_KEPT] = [{TORCH_KEPT: layer["torch"]} for layer in timings.get(TORCH_KEPT, [])]
+    if TORCH_KEPT in timings:  # its worker is torch's: rename its timings
+        timings[TORCH_KEPT] = [{TORCH_KEPT: layer["torch"]} for layer in timings[TORCH_KEPT]]
     results = []
     for index, spec in enumerate(specs):
         result = {key: spec[key] for key in ("label", "kind", "input_shape", "output_shape",
