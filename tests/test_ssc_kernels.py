@@ -448,6 +448,26 @@ def test_backward_is_deterministic_across_thread_counts(dtype, kernel):
             np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.parametrize("kernel, stride", [("flat", 1), ("group", 1), ("flat", 2)])
+@pytest.mark.parametrize("chunks", [1, 3, 11])
+def test_weight_grad_from_chunks_of_several_samples_matches_the_reference(kernel, stride, chunks,
+                                                                         monkeypatch):
+    """The backward kernels add each chunk's weight sums into a partial of its own, for
+    min(batch, WEIGHT_GRAD_CHUNKS) chunks of consecutive samples. Over 11 samples in one chunk,
+    in three uneven ones (3, 4, 4) and one a chunk, on two threads and on one, the gradients
+    are the NumPy twin's, and the same bits whatever the number of threads."""
+    monkeypatch.setattr(ssc, "WEIGHT_GRAD_CHUNKS", chunks)
+    x, weight = arrays(12, (11, 18, 6, 7)), arrays(13, (12, 9))
+    grad_y = arrays(14, (11, 12, ssc.output_size(6, stride), ssc.output_size(7, stride)))
+    expected = ssc.ssc_backward_reference(x, weight, grad_y, 3, stride)
+    with stride_1_kernel(kernel):
+        grads = ssc.ssc_backward(x, weight, grad_y, 3, stride)
+        single_thread = on_one_thread(ssc.ssc_backward, x, weight, grad_y, 3, stride)
+    for actual, on_one, twin in zip(grads, single_thread, expected):
+        np.testing.assert_array_equal(actual, on_one)
+        assert_close(actual, twin, TWIN_TOLERANCE[np.float64])
+
+
 @pytest.mark.parametrize("family", ["one output per group", "nine per group", "stride 2"])
 def test_backward_does_not_depend_on_where_arrays_lie_in_memory(family):
     """The same call twice on copies of its inputs gives the same bits, over thousands of tiny

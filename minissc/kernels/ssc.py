@@ -23,8 +23,10 @@ kernels.
 Every public function allocates its outputs and calls an `@njit` inner kernel (prefix `_`) that
 runs `prange` over independent output slices only. The weight gradient is summed plane by plane
 (one sample, output and input) in the input's dtype, in vector lanes whose order is fixed when
-the kernel is compiled, and these per-sample partials are added in float64 in sample order, so
-results are deterministic.
+the kernel is compiled; the backward kernels add these plane sums in float64 into one partial
+per chunk of consecutive samples, in sample order, and the chunks' partials are added in chunk
+order. The chunks depend on the batch size only (`WEIGHT_GRAD_CHUNKS`), not on the number of
+threads, so results are deterministic.
 Each compute function has a plain NumPy twin `<name>_reference` that reads like the equations.
 """
 import numpy as np
@@ -314,15 +316,15 @@ def _add_masked_upstream(upstream_plane, mask, w, adds, out):
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, input_channels,
-                          input_norm, width, masks, grad_x, grad_weight_per_sample, norm_sums):
-    """Gradients of `_flat_forward_kernel` and `_strided_forward_kernel`, one sample n per
-    parallel iteration.
+                          input_norm, width, masks, grad_x, grad_weight_partials, norm_sums):
+    """Gradients of `_flat_forward_kernel` and `_strided_forward_kernel`, one chunk of
+    consecutive samples n per parallel iteration (see `WEIGHT_GRAD_CHUNKS`).
 
     For every term y[n, o, j - off_i] += W[o, i] * x[n, c, j] (off_i = dy_i W + dx_i, over
     the input positions j whose output position j - off_i lies inside the image, row and
     column: masks[i, j] = 1, `shift_masks` of the negated offsets):
         grad_x[n, c, j] += W[o, i] * grad_y[n, o, j - off_i]
-        grad_weight_per_sample[n, o, i] += grad_y[n, o, j - off_i] * x[n, c, j]
+        grad_weight_partials[chunk of n, o, i] += grad_y[n, o, j - off_i] * x[n, c, j]
     As in `_group_backward_kernel`, each upstream plane is first copied into a row with zero
     margins, so that the loops run over whole planes. The group's first output writes its
     planes of grad_x and later ones add to them: no zeroing pass over grad_x, whose planes
@@ -363,33 +365,35 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
     zero = x.dtype.type(0)
     margin = _shift_margin(row_offsets, col_offsets, width)
     keep_grad_x = grad_x.shape[0] != 0
-    for n in prange(batch):
+    chunks = grad_weight_partials.shape[0]
+    for chunk in prange(chunks):  # samples chunk * batch // chunks ... in sample order
         margined = np.zeros(plane_size + 2 * margin, x.dtype)
         group_planes = np.empty((0 if keep_grad_x else group_size, plane_size), x.dtype)
-        for o in range(out_channels):
-            first_channel = (o // outputs_per_group) * group_size
-            adds = o % outputs_per_group != 0  # the group's first output writes, others add
-            _fill_margined_upstream(grad_y[n, o], stride, width, margin, margined)
-            for i in range(group_size):
-                channel = input_channels[first_channel + i]
-                x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
-                grad_x_plane = grad_x[n, channel] if keep_grad_x else group_planes[i]
-                w, mask = weight[o, i], masks[i]
-                first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
-                upstream_plane = margined[first:first + plane_size]
-                _add_masked_upstream(upstream_plane, mask, w, adds, grad_x_plane)
-                weight_sum = zero
-                for j in range(plane_size):  # no store: always the same vector loop
-                    upstream = upstream_plane[j]
-                    upstream = upstream if mask[j] != zero else zero
-                    weight_sum += upstream * _normalised_value(x_plane[j], channel_norm, zero)
-                grad_weight_per_sample[n, o, i] = weight_sum
-            if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            for o in range(out_channels):
+                first_channel = (o // outputs_per_group) * group_size
+                adds = o % outputs_per_group != 0  # the group's first output writes, others add
+                _fill_margined_upstream(grad_y[n, o], stride, width, margin, margined)
                 for i in range(group_size):
                     channel = input_channels[first_channel + i]
+                    x_plane, channel_norm = x[n, channel], _channel_norm(input_norm, channel)
                     grad_x_plane = grad_x[n, channel] if keep_grad_x else group_planes[i]
-                    _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
-                                          norm_sums[n, channel])
+                    w, mask = weight[o, i], masks[i]
+                    first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
+                    upstream_plane = margined[first:first + plane_size]
+                    _add_masked_upstream(upstream_plane, mask, w, adds, grad_x_plane)
+                    weight_sum = zero
+                    for j in range(plane_size):  # no store: always the same vector loop
+                        upstream = upstream_plane[j]
+                        upstream = upstream if mask[j] != zero else zero
+                        weight_sum += upstream * _normalised_value(x_plane[j], channel_norm, zero)
+                    grad_weight_partials[chunk, o, i] += weight_sum
+                if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
+                    for i in range(group_size):
+                        channel = input_channels[first_channel + i]
+                        grad_x_plane = grad_x[n, channel] if keep_grad_x else group_planes[i]
+                        _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
+                                              norm_sums[n, channel])
 
 
 @njit(cache=True, inline="always")
@@ -503,10 +507,10 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
 
 
 @njit(cache=True)
-def _store_if_inside(sums, o, stop, value):
-    """sums[o] = value for an output o before the group's end (stop)."""
+def _add_if_inside(sums, o, stop, value):
+    """sums[o] += value for an output o before the group's end (stop)."""
     if o < stop:
-        sums[o] = value
+        sums[o] += value
 
 
 @njit(cache=True, inline="always")
@@ -584,12 +588,13 @@ def _fill_next_layer_input_grad(next_layer, next_block, channel, width, row):
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_channels,
                            input_norm, output_norm, next_layer, width, masks, grad_x,
-                           grad_weight_per_sample, norm_sums):
-    """Gradients of `_group_forward_kernel`, one sample n per parallel iteration.
+                           grad_weight_partials, norm_sums):
+    """Gradients of `_group_forward_kernel`, one chunk of consecutive samples n per parallel
+    iteration (see `WEIGHT_GRAD_CHUNKS`).
 
     For each input i of group g and the group's outputs o, with off_i = dy_i W + dx_i:
         grad_x[n, c_i, j] = sum_o W[o, i] * grad_y[n, o, j - off_i],
-        grad_weight_per_sample[n, o, i] = sum_j grad_y[n, o, j - off_i] * x[n, c_i, j]
+        grad_weight_partials[chunk of n, o, i] += sum_j grad_y[n, o, j - off_i] * x[n, c_i, j]
     over the input positions j whose output position j - off_i lies inside the image, row
     and column (masks[i, j] = 1, `shift_masks` of the negated offsets); every other entry
     of grad_x[n, c_i] is 0: no output read it. The group's upstream rows are first copied
@@ -617,7 +622,7 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
 
     With a next layer (`NextLayerInputGrad.kernel_arguments`; grad_y is then empty) the
     upstream rows are that layer's input gradient, recomputed from its upstream planes,
-    which each iteration first lays out on this layer's grid (`_fill_margined_upstream`,
+    which each sample's pass first lays out on this layer's grid (`_fill_margined_upstream`,
     `_fill_next_layer_input_grad`).
     """
     batch, channels, plane_size = x.shape
@@ -628,84 +633,88 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     margin = _shift_margin(row_offsets, col_offsets, width)
     next_upstream, next_stride = next_layer[0], next_layer[4]
     next_margin = _shift_margin(next_layer[2], next_layer[3], width)
-    for n in prange(batch):
+    chunks = grad_weight_partials.shape[0]
+    for chunk in prange(chunks):  # samples chunk * batch // chunks ... in sample order
         block = np.zeros((max(outputs_per_group, 9), plane_size + 2 * margin), x.dtype)
         next_block = np.zeros((next_upstream.shape[1], plane_size + 2 * next_margin), x.dtype)
-        for o2 in range(next_block.shape[0]):  # empty without a next layer
-            _fill_margined_upstream(next_upstream[n, o2], next_stride, width, next_margin,
-                                    next_block[o2])
-        for g in range(groups):
-            first_output, stop = g * outputs_per_group, (g + 1) * outputs_per_group
-            _fill_upstream_block(grad_y, n, first_output, stop, output_norm, next_layer,
-                                 next_block, width, block, margin)
-            for i in range(group_size):
-                channel = input_channels[g * group_size + i]
-                plane = x[n, channel]
-                channel_norm = _channel_norm(input_norm, channel)
-                mask = masks[i]
-                grad_x_plane = grad_x[n, channel]
-                first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
-                rows = block[:, first:first + plane_size]
-                o, last = first_output, stop - first_output - 1  # nine outputs in one pass
-                grad0, grad1, grad2 = rows[0], rows[min(1, last)], rows[min(2, last)]
-                grad3, grad4, grad5 = rows[min(3, last)], rows[min(4, last)], rows[min(5, last)]
-                grad6, grad7, grad8 = rows[min(6, last)], rows[min(7, last)], rows[min(8, last)]
-                w0, w1, w2 = weight[o, i], _weight_or_zero(weight, o + 1, i, stop), \
-                    _weight_or_zero(weight, o + 2, i, stop)
-                w3, w4, w5 = _weight_or_zero(weight, o + 3, i, stop), \
-                    _weight_or_zero(weight, o + 4, i, stop), _weight_or_zero(weight, o + 5, i, stop)
-                w6, w7, w8 = _weight_or_zero(weight, o + 6, i, stop), \
-                    _weight_or_zero(weight, o + 7, i, stop), _weight_or_zero(weight, o + 8, i, stop)
-                sum0 = sum1 = sum2 = sum3 = sum4 = sum5 = sum6 = sum7 = sum8 = zero
-                for j in range(plane_size):
-                    inside = mask[j] != zero
-                    value = _normalised_value(plane[j], channel_norm, zero)
-                    value = value if inside else zero
-                    up0, up1, up2, up3, up4 = grad0[j], grad1[j], grad2[j], grad3[j], grad4[j]
-                    up5, up6, up7, up8 = grad5[j], grad6[j], grad7[j], grad8[j]
-                    grad = w0 * up0  # + w1 * up1 + ... + w8 * up8
-                    grad = multiply_add(w1, up1, grad)
-                    grad = multiply_add(w2, up2, grad)
-                    grad = multiply_add(w3, up3, grad)
-                    grad = multiply_add(w4, up4, grad)
-                    grad = multiply_add(w5, up5, grad)
-                    grad = multiply_add(w6, up6, grad)
-                    grad = multiply_add(w7, up7, grad)
-                    grad = multiply_add(w8, up8, grad)
-                    grad_x_plane[j] = grad if inside else zero
-                    sum0 = multiply_add(up0, value, sum0)
-                    sum1 = multiply_add(up1, value, sum1)
-                    sum2 = multiply_add(up2, value, sum2)
-                    sum3 = multiply_add(up3, value, sum3)
-                    sum4 = multiply_add(up4, value, sum4)
-                    sum5 = multiply_add(up5, value, sum5)
-                    sum6 = multiply_add(up6, value, sum6)
-                    sum7 = multiply_add(up7, value, sum7)
-                    sum8 = multiply_add(up8, value, sum8)
-                sums = grad_weight_per_sample[n, :, i]
-                _store_if_inside(sums, o, stop, sum0)
-                _store_if_inside(sums, o + 1, stop, sum1)
-                _store_if_inside(sums, o + 2, stop, sum2)
-                _store_if_inside(sums, o + 3, stop, sum3)
-                _store_if_inside(sums, o + 4, stop, sum4)
-                _store_if_inside(sums, o + 5, stop, sum5)
-                _store_if_inside(sums, o + 6, stop, sum6)
-                _store_if_inside(sums, o + 7, stop, sum7)
-                _store_if_inside(sums, o + 8, stop, sum8)
-                for o in range(first_output + 9, stop):  # the outputs past nine, one by one
-                    grad_y_plane, w = rows[o - first_output], weight[o, i]
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            for o2 in range(next_block.shape[0]):  # empty without a next layer
+                _fill_margined_upstream(next_upstream[n, o2], next_stride, width, next_margin,
+                                        next_block[o2])
+            for g in range(groups):
+                first_output, stop = g * outputs_per_group, (g + 1) * outputs_per_group
+                _fill_upstream_block(grad_y, n, first_output, stop, output_norm, next_layer,
+                                     next_block, width, block, margin)
+                for i in range(group_size):
+                    channel = input_channels[g * group_size + i]
+                    plane = x[n, channel]
+                    channel_norm = _channel_norm(input_norm, channel)
+                    mask = masks[i]
+                    grad_x_plane = grad_x[n, channel]
+                    first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
+                    rows = block[:, first:first + plane_size]
+                    o, last = first_output, stop - first_output - 1  # nine outputs in one pass
+                    grad0, grad1, grad2 = rows[0], rows[min(1, last)], rows[min(2, last)]
+                    grad3, grad4, grad5 = rows[min(3, last)], rows[min(4, last)], rows[min(5, last)]
+                    grad6, grad7, grad8 = rows[min(6, last)], rows[min(7, last)], rows[min(8, last)]
+                    w0, w1, w2 = weight[o, i], _weight_or_zero(weight, o + 1, i, stop), \
+                        _weight_or_zero(weight, o + 2, i, stop)
+                    w3, w4, w5 = _weight_or_zero(weight, o + 3, i, stop), \
+                        _weight_or_zero(weight, o + 4, i, stop), \
+                        _weight_or_zero(weight, o + 5, i, stop)
+                    w6, w7, w8 = _weight_or_zero(weight, o + 6, i, stop), \
+                        _weight_or_zero(weight, o + 7, i, stop), \
+                        _weight_or_zero(weight, o + 8, i, stop)
+                    sum0 = sum1 = sum2 = sum3 = sum4 = sum5 = sum6 = sum7 = sum8 = zero
                     for j in range(plane_size):
-                        grad = grad_y_plane[j]
-                        grad_x_plane[j] += w * (grad if mask[j] != zero else zero)
-                    weight_sum = zero
-                    for j in range(plane_size):  # no store, as in `_flat_backward_kernel`
-                        grad = grad_y_plane[j]
-                        grad = grad if mask[j] != zero else zero
-                        weight_sum += grad * _normalised_value(plane[j], channel_norm, zero)
-                    grad_weight_per_sample[n, o, i] = weight_sum
-                if input_norm[0].size:
-                    _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
-                                          norm_sums[n, channel])
+                        inside = mask[j] != zero
+                        value = _normalised_value(plane[j], channel_norm, zero)
+                        value = value if inside else zero
+                        up0, up1, up2, up3, up4 = grad0[j], grad1[j], grad2[j], grad3[j], grad4[j]
+                        up5, up6, up7, up8 = grad5[j], grad6[j], grad7[j], grad8[j]
+                        grad = w0 * up0  # + w1 * up1 + ... + w8 * up8
+                        grad = multiply_add(w1, up1, grad)
+                        grad = multiply_add(w2, up2, grad)
+                        grad = multiply_add(w3, up3, grad)
+                        grad = multiply_add(w4, up4, grad)
+                        grad = multiply_add(w5, up5, grad)
+                        grad = multiply_add(w6, up6, grad)
+                        grad = multiply_add(w7, up7, grad)
+                        grad = multiply_add(w8, up8, grad)
+                        grad_x_plane[j] = grad if inside else zero
+                        sum0 = multiply_add(up0, value, sum0)
+                        sum1 = multiply_add(up1, value, sum1)
+                        sum2 = multiply_add(up2, value, sum2)
+                        sum3 = multiply_add(up3, value, sum3)
+                        sum4 = multiply_add(up4, value, sum4)
+                        sum5 = multiply_add(up5, value, sum5)
+                        sum6 = multiply_add(up6, value, sum6)
+                        sum7 = multiply_add(up7, value, sum7)
+                        sum8 = multiply_add(up8, value, sum8)
+                    sums = grad_weight_partials[chunk, :, i]
+                    _add_if_inside(sums, o, stop, sum0)
+                    _add_if_inside(sums, o + 1, stop, sum1)
+                    _add_if_inside(sums, o + 2, stop, sum2)
+                    _add_if_inside(sums, o + 3, stop, sum3)
+                    _add_if_inside(sums, o + 4, stop, sum4)
+                    _add_if_inside(sums, o + 5, stop, sum5)
+                    _add_if_inside(sums, o + 6, stop, sum6)
+                    _add_if_inside(sums, o + 7, stop, sum7)
+                    _add_if_inside(sums, o + 8, stop, sum8)
+                    for o in range(first_output + 9, stop):  # the outputs past nine, one by one
+                        grad_y_plane, w = rows[o - first_output], weight[o, i]
+                        for j in range(plane_size):
+                            grad = grad_y_plane[j]
+                            grad_x_plane[j] += w * (grad if mask[j] != zero else zero)
+                        weight_sum = zero
+                        for j in range(plane_size):  # no store, as in `_flat_backward_kernel`
+                            grad = grad_y_plane[j]
+                            grad = grad if mask[j] != zero else zero
+                            weight_sum += grad * _normalised_value(plane[j], channel_norm, zero)
+                        grad_weight_partials[chunk, o, i] += weight_sum
+                    if input_norm[0].size:
+                        _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
+                                              norm_sums[n, channel])
 
 
 def channel_shuffle(x, groups):
@@ -726,6 +735,15 @@ def shuffled_channels(channels, shuffle_groups):
 
 
 GROUP_KERNEL_MIN_OUTPUTS = 4
+
+# The backward kernels run over min(batch, WEIGHT_GRAD_CHUNKS) chunks of consecutive samples in
+# parallel, and each chunk adds its weight sums into a float64 partial of its own (O, G): 32
+# partials keep 2 to 16 threads busy on a batch of 128. One partial per sample, summed after the
+# kernel, cost a write of N x O x G float64 (5.3 MB at 576->576 8x8) and a pass to add them up:
+# against it the group backward took 0.93-0.96x the time at 576->576 8x8 in three runs (0.97x
+# with an input norm), and the other shapes 0.96-1.03x, within the noise of those runs
+# (`benchmarks/ssc_versions_ab.py --against 81366b0 [--norm] --rounds 21`, median ratios).
+WEIGHT_GRAD_CHUNKS = 32
 
 
 def _uses_group_kernels(channels, weight, stride):
@@ -780,8 +798,9 @@ def _no_next_layer(dtype):
 def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, stride,
                                 shuffle_groups=1, input_norm=None, output_norm=None,
                                 input_grad=True):
-    """Run a backward kernel; grad_W sums its float64 per-sample partials in sample order, and
-    so do the input norm's parameter-gradient sums (returned only with an input norm). An
+    """Run a backward kernel; grad_W sums its float64 per-chunk partials in chunk order
+    (`WEIGHT_GRAD_CHUNKS`), and the input norm's parameter-gradient sums (returned only with an
+    input norm) their per-sample partials in sample order. An
     output norm is folded into the group kernel's reads; the other kernels get grad_y through
     the batch norm's own grad_x pass, the same values. grad_y may be a `NextLayerInputGrad`
     where `folds_next_layer`; with input_grad=False grad_x is None (the flat kernel then
@@ -805,7 +824,7 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     elif output_norm is not None:
         grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
     grad_x = np.empty_like(x) if input_grad or group_kernel else np.empty((0, 0, 0, 0), x.dtype)
-    grad_weight_per_sample = np.empty((batch,) + weight.shape, dtype=np.float64)
+    grad_weight_partials = np.zeros((min(batch, WEIGHT_GRAD_CHUNKS),) + weight.shape)
     input_channels = shuffled_channels(channels, shuffle_groups)
     norm_sums = np.zeros((batch if input_norm else 0, channels, 2))
     kernel_input_norm = input_norm or _no_input_norm(x.dtype)
@@ -814,12 +833,12 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
                                input_channels, kernel_input_norm, kernel_output_norm,
                                kernel_next_layer, width, masks, planes(grad_x),
-                               grad_weight_per_sample, norm_sums)
+                               grad_weight_partials, norm_sums)
     else:
         _flat_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
                               stride, input_channels, kernel_input_norm, width, masks,
-                              planes(grad_x), grad_weight_per_sample, norm_sums)
-    grads = (grad_x if input_grad else None), grad_weight_per_sample.sum(axis=0).astype(x.dtype)
+                              planes(grad_x), grad_weight_partials, norm_sums)
+    grads = (grad_x if input_grad else None), grad_weight_partials.sum(axis=0).astype(x.dtype)
     if not input_norm:
         return grads
     sum_grad, sum_grad_centred = norm_sums.sum(axis=0).T
