@@ -66,7 +66,8 @@ NETWORK_TOLERANCE = {"eval logits": 1e-3, "train logits": 1e-3, "loss": 1e-3,
                      "float64 gradients": 1e-8, "float64 running stats": 1e-9}
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 RESULT_MARK = "@@result "
-BUSY_LOAD = 0.5  # a 1-minute load average above this at the start gets a warning
+BUSY_LOAD = 0.5  # a 1-minute load average above this at the start gets a note
+BUSY_SHARE = 0.1  # other processes using more than this share of all CPUs: a warning
 # minissc asks glibc to keep freed memory for the next allocation (`minissc.runtime`); torch
 # leaves malloc as it is, so its large buffers go back to the kernel when freed and page-fault
 # in afresh at every step. "torch, freed memory kept" is torch run with the same two malloc
@@ -205,6 +206,47 @@ def machine_speed(repeats: int = 21) -> dict:
     matmul_s = median(call_seconds(lambda: a @ b, repeats))
     return {"copy_gb_per_s": round(2 * source.nbytes / copy_s / 1e9, 2),
             "matmul_gflop_per_s": round(2 * 512**3 / matmul_s / 1e9, 2)}
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat; None off Linux."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy_share(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs' time that was busy over the next `seconds`, while this process
+    sleeps: what other processes use now (the load average lags by a minute). None where
+    /proc/stat is missing."""
+    before = _cpu_jiffies()
+    time.sleep(seconds)
+    after = _cpu_jiffies()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
+def busy_note(load_average: float, busy_share: float | None) -> str | None:
+    """The report's note on other work at the start: a warning when other processes use more
+    than BUSY_SHARE of the CPUs (or, without /proc/stat, when the load average is above
+    BUSY_LOAD), a plain note when only the load average is high (work that has just ended),
+    else None."""
+    share = "" if busy_share is None else f"{100 * busy_share:.0f}% busy"
+    busy = busy_share > BUSY_SHARE if busy_share is not None else load_average > BUSY_LOAD
+    if busy:
+        return (f"WARNING: the machine is busy at the start (load average {load_average:.2f}"
+                f"{', CPUs ' + share + ' over a second' if share else ''}). Both frameworks' "
+                f"OpenMP threads spin-wait for each other at every parallel region, so a core "
+                f"taken by another process can slow them 5-10x: these numbers are not "
+                f"representative")
+    if load_average > BUSY_LOAD:
+        return (f"load average {load_average:.2f} at the start, but the CPUs were {share} over "
+                f"the second before the run: the work behind that average had ended")
+    return None
 
 
 def _numba_threading_layer() -> str | None:
@@ -1132,7 +1174,9 @@ def format_report(results: dict) -> str:
              f"{meta['python']}, NumPy {meta['numpy']}, Numba {meta['numba']} "
              f"({meta['numba_threading_layer']}), torch {meta['torch'] or 'absent'}; minissc "
              f"{meta['minissc']} at {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''};"
-             f" load average at start {meta['load_average_at_start'][0]:.2f}"]
+             f" load average at start {meta['load_average_at_start'][0]:.2f}"
+             + (f", CPUs {100 * meta['cpu_busy_at_start']:.0f}% busy over the second before"
+                if meta.get("cpu_busy_at_start") is not None else "")]  # absent in older runs
     lines += [f"note: {note}" for note in results["notes"]]
     if meta.get("speed_at_start"):  # runs before 2026-12-02n have no speed probe
         lines.append("machine speed (`machine_speed`): " + "; ".join(
@@ -1324,14 +1368,12 @@ def main(argv=None) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or HERE / "results" / f"{args.mode}-{stamp}.json"
     results = {"meta": machine_info(args.threads, torch), "config": config, "notes": []}
+    results["meta"]["cpu_busy_at_start"] = cpu_busy_share()
     results["meta"]["speed_at_start"] = machine_speed()
-    load = results["meta"]["load_average_at_start"][0]
-    if load > BUSY_LOAD:
-        results["notes"].append(
-            f"WARNING: the machine is busy (load average {load:.2f} at the start). Both "
-            f"frameworks' OpenMP threads spin-wait for each other at every parallel region, so "
-            f"a core taken by another process can slow them 5-10x: these numbers are not "
-            f"representative")
+    note = busy_note(results["meta"]["load_average_at_start"][0],
+                     results["meta"]["cpu_busy_at_start"])
+    if note:
+        results["notes"].append(note)
     if torch is None:
         results["notes"].append(f"PyTorch columns skipped: {torch_missing}")
     else:

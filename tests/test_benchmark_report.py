@@ -81,3 +81,27 @@ def test_machine_speed_measures_both_probes():
     speed = benchmark.machine_speed(repeats=1)
     assert set(speed) == {"copy_gb_per_s", "matmul_gflop_per_s"}
     assert all(0 < value < float("inf") for value in speed.values())
+
+
+def test_busy_note_warns_on_cpus_busy_now_not_on_a_lagging_load_average():
+    assert benchmark.busy_note(0.1, 0.01) is None
+    busy_now = benchmark.busy_note(0.1, 0.6)
+    assert busy_now.startswith("WARNING: the machine is busy") and "60% busy" in busy_now
+    just_ended = benchmark.busy_note(0.9, 0.02)
+    assert not just_ended.startswith("WARNING") and "load average 0.90" in just_ended
+    assert benchmark.busy_note(0.9, None).startswith("WARNING")  # no /proc/stat: the load
+    assert benchmark.busy_note(0.2, None) is None
+
+
+def test_cpu_busy_share_is_a_share_or_none():
+    share = benchmark.cpu_busy_share(0.05)
+    assert share is None or 0.0 <= share <= 1.0
+
+
+def test_report_header_shows_how_busy_the_cpus_were_when_measured():
+    results = _results(with_torch=False)
+    results["targets"] = benchmark.evaluate_targets(results)
+    assert "busy over the second before" not in benchmark.format_report(results)
+    results["meta"]["cpu_busy_at_start"] = 0.02
+    assert "load average at start 0.10, CPUs 2% busy over the second before" in \
+        benchmark.format_report(results)
