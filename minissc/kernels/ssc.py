@@ -738,11 +738,12 @@ GROUP_KERNEL_MIN_OUTPUTS = 4
 
 # The backward kernels run over min(batch, WEIGHT_GRAD_CHUNKS) chunks of consecutive samples in
 # parallel, and each chunk adds its weight sums into a float64 partial of its own (O, G): 32
-# partials keep 2 to 16 threads busy on a batch of 128. One partial per sample, summed after the
-# kernel, cost a write of N x O x G float64 (5.3 MB at 576->576 8x8) and a pass to add them up:
-# against it the group backward took 0.93-0.96x the time at 576->576 8x8 in three runs (0.97x
-# with an input norm), and the other shapes 0.96-1.03x, within the noise of those runs
-# (`benchmarks/ssc_versions_ab.py --against 81366b0 [--norm] --rounds 21`, median ratios).
+# chunks of a batch of 128 divide evenly among 2, 4, 8 or 16 threads. One partial per sample,
+# summed after the kernel, cost a write of N x O x G float64 (5.3 MB at 576->576 8x8) and a pass
+# to add them up: against it the group backward took 0.93-0.96x the time at 576->576 8x8 in
+# three runs (0.97x with an input norm), and the other backward shapes 0.96-1.06x, within the
+# noise of those runs (`benchmarks/ssc_versions_ab.py --against 81366b0 [--norm] --rounds 11`
+# and `--rounds 21`, median ratios).
 WEIGHT_GRAD_CHUNKS = 32
 
 
