@@ -164,6 +164,7 @@ def machine_info(threads: int, torch) -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
         "numba_threading_layer": _numba_threading_layer(),
+        "llvm_cpu": _llvm_cpu(),
         "torch": torch.__version__ if torch is not None else None,
         "minissc": minissc.__version__,
         "git_commit": commit,
@@ -247,6 +248,14 @@ def busy_note(load_average: float, busy_share: float | None) -> str | None:
         return (f"load average {load_average:.2f} at the start, but the CPUs were {share} over "
                 f"the second before the run: the work behind that average had ended")
     return None
+
+
+def _llvm_cpu() -> str:
+    """The CPU that LLVM compiles Numba's kernels for (its scheduling model and defaults):
+    NUMBA_CPU_NAME if set, else what LLVM makes of the host. A VM may report a CPU model
+    number that LLVM names after another chip (run q's VM: "rocketlake", on a CPU with AMX)."""
+    import llvmlite.binding as llvm
+    return os.environ.get("NUMBA_CPU_NAME") or llvm.get_host_cpu_name()
 
 
 def _numba_threading_layer() -> str | None:
@@ -1172,7 +1181,9 @@ def format_report(results: dict) -> str:
              f"{meta['threads']} threads, {meta['date']}",
              f"{meta['cpu']}, {meta['cores']} cores, {meta['ram_gib']} GiB; Python "
              f"{meta['python']}, NumPy {meta['numpy']}, Numba {meta['numba']} "
-             f"({meta['numba_threading_layer']}), torch {meta['torch'] or 'absent'}; minissc "
+             f"({meta['numba_threading_layer']}"
+             + (f", LLVM cpu {meta['llvm_cpu']}" if meta.get("llvm_cpu") else "")  # absent in runs up to q
+             + f"), torch {meta['torch'] or 'absent'}; minissc "
              f"{meta['minissc']} at {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''};"
              f" load average at start {meta['load_average_at_start'][0]:.2f}"
              + (f", CPUs {100 * meta['cpu_busy_at_start']:.0f}% busy over the second before"

@@ -105,3 +105,15 @@ def test_report_header_shows_how_busy_the_cpus_were_when_measured():
     results["meta"]["cpu_busy_at_start"] = 0.02
     assert "load average at start 0.10, CPUs 2% busy over the second before" in \
         benchmark.format_report(results)
+
+
+def test_report_header_names_the_cpu_llvm_compiled_for(monkeypatch):
+    results = _results(with_torch=False)
+    results["targets"] = benchmark.evaluate_targets(results)
+    assert "Numba 0 (omp), torch absent" in benchmark.format_report(results)  # older runs
+    results["meta"]["llvm_cpu"] = "rocketlake"
+    assert "Numba 0 (omp, LLVM cpu rocketlake), torch absent" in benchmark.format_report(results)
+    monkeypatch.setenv("NUMBA_CPU_NAME", "sapphirerapids")
+    assert benchmark._llvm_cpu() == "sapphirerapids"
+    monkeypatch.delenv("NUMBA_CPU_NAME")
+    assert benchmark._llvm_cpu()  # the host's name, whatever this machine is
