@@ -1182,7 +1182,7 @@ def format_report(results: dict) -> str:
              f"{meta['cpu']}, {meta['cores']} cores, {meta['ram_gib']} GiB; Python "
              f"{meta['python']}, NumPy {meta['numpy']}, Numba {meta['numba']} "
              f"({meta['numba_threading_layer']}"
-             + (f", LLVM cpu {meta['llvm_cpu']}" if meta.get("llvm_cpu") else "")  # absent in runs up to q
+             + (f", LLVM cpu {meta['llvm_cpu']}" if meta.get("llvm_cpu") else "")  # not up to q
              + f"), torch {meta['torch'] or 'absent'}; minissc "
              f"{meta['minissc']} at {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''};"
              f" load average at start {meta['load_average_at_start'][0]:.2f}"

@@ -62,10 +62,11 @@ def test_the_graph_does_not_keep_an_intermediate_array_no_backward_saved():
     the leaf.
 
     The shift kernel is compiled first, on other arrays: a Numba compile leaves reference
-    cycles (exception tracebacks holding its frames, up to the dispatcher's frame and the
-    call's arguments) that keep the first call's arrays alive until the collector runs.
-    With a cold Numba cache that made this test fail whenever no collection ran in between
-    (twice in CI); it says nothing about the graph.
+    cycles that keep the compiling call's frames, and so its arrays, alive until the
+    collector runs (`gc.get_referrers` showed the frames of `shift_forward` and
+    `Function.apply` holding them). With a cold Numba cache that made this test fail
+    whenever no collection ran in between (once in CI, once in a clean-clone run); it says
+    nothing about the graph.
     """
     F.shift(Tensor(np.zeros((1, 9, 2, 2), dtype=np.float32)), 3, 9)  # compile, see above
     x = Tensor(np.arange(2 * 9 * 4 * 4, dtype=np.float32).reshape(2, 9, 4, 4), requires_grad=True)

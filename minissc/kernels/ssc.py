@@ -825,7 +825,7 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     elif output_norm is not None:
         grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
     grad_x = np.empty_like(x) if input_grad or group_kernel else np.empty((0, 0, 0, 0), x.dtype)
-    grad_weight_partials = np.zeros((min(batch, WEIGHT_GRAD_CHUNKS),) + weight.shape)
+    grad_weight_partials = np.zeros((min(batch, WEIGHT_GRAD_CHUNKS),) + weight.shape, np.float64)
     input_channels = shuffled_channels(channels, shuffle_groups)
     norm_sums = np.zeros((batch if input_norm else 0, channels, 2))
     kernel_input_norm = input_norm or _no_input_norm(x.dtype)
