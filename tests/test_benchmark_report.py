@@ -1,10 +1,15 @@
 """benchmarks/run.py's targets and report from a results dict: each target against torch as it
-comes, with the ratio against torch with freed memory kept beside it when that was timed."""
+comes, with the ratio against torch with freed memory kept beside it when that was timed; and
+benchmarks/summarize.py's table of saved runs against the targets."""
+import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import run as benchmark  # noqa: E402
+import summarize  # noqa: E402
 
 
 def _timing(total_ms):
@@ -117,3 +122,35 @@ def test_report_header_names_the_cpu_llvm_compiled_for(monkeypatch):
     assert benchmark._llvm_cpu() == "sapphirerapids"
     monkeypatch.delenv("NUMBA_CPU_NAME")
     assert benchmark._llvm_cpu()  # the host's name, whatever this machine is
+
+
+def test_summary_has_a_row_per_run_with_its_misses_in_bold(tmp_path):
+    runs = []
+    for name, torch_rate in (("full-a", 15.0), ("full-b", 30.0)):
+        results = _results(with_torch=True)
+        next(n for n in results["networks"] if n["label"] == "sscresnet20 r=1")["torch"][
+            "train_images_per_s"] = torch_rate
+        results["meta"]["speed_at_start"] = {"copy_gb_per_s": 12.34, "matmul_gflop_per_s": 98.7}
+        results["targets"] = benchmark.evaluate_targets(results)
+        runs.append(tmp_path / f"{name}.json")
+        runs[-1].write_text(json.dumps(results))
+    lines = summarize.table(runs).splitlines()
+    assert lines[0].startswith("| run | commit | CPU | probes at start | torch r=1 img/s | "
+                               "SSC layer, worst shape >= 5x | r=1 vs torch >= 10x |")
+    assert "| r=1 training >= 200 img/s |" in lines[0] and lines[0].endswith("| missed |")
+    cells = [cell.strip() for cell in lines[2].split("|")[1:-1]]
+    assert cells[:5] == ["a", "abc", "cpu", "12.3 GB/s, 99 GFLOP/s", "15.0"]
+    assert cells[5:] == ["**4.00x**", "10.00x", "10.00x", "10.00x", "**150.0**", "n/a", "n/a",
+                         "2"]
+    assert lines[3].split("|")[5].strip() == "30.0"
+
+
+def test_summary_refuses_runs_with_different_targets(tmp_path):
+    paths = []
+    for name, drop in (("full-a", False), ("full-b", True)):
+        results = _results(with_torch=True)
+        results["targets"] = benchmark.evaluate_targets(results)[:-1 if drop else None]
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="full-a.json: its targets differ"):
+        summarize.table(paths)
