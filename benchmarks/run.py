@@ -1158,6 +1158,12 @@ def evaluate_targets(results: dict) -> list[dict]:
     return targets
 
 
+def passing_range(target: dict) -> str:
+    """'>= 5x', '>= 200 img/s', '<= 3 s': what passes a target of `evaluate_targets`."""
+    unit = target["unit"] if target["unit"] == "x" else f" {target['unit']}"
+    return f"{'>=' if target['higher_is_better'] else '<='} {target['threshold']:g}{unit}"
+
+
 def _pooled(config: dict, key: str) -> str:
     """How many calls a median pools: "12 (3 alternating rounds of 4)", or "3" with one
     round."""
@@ -1300,12 +1306,9 @@ def format_report(results: dict) -> str:
             shown = "-" if value is None else (f"{value:.2f}{target['unit']}"
                                                if target["unit"] == "x"
                                                else f"{value:.2f} {target['unit']}")
-            sign = ">=" if target["higher_is_better"] else "<="
-            threshold = (f"{target['threshold']:g}{target['unit']}" if target["unit"] == "x"
-                         else f"{target['threshold']:g} {target['unit']}")
             detail = f"  ({target['detail']})" if target["detail"] else ""
             lines.append(f"{target['status']:5} {target['target']}: {shown} "
-                         f"(target {sign} {threshold}){detail}")
+                         f"(target {passing_range(target)}){detail}")
     return "\n".join(lines)
 
 

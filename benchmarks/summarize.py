@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+import run as benchmark  # the targets' passing ranges and the network lookup, as run.py has them
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SHORT_NAMES = {  # run.py's target names, shortened for a column header
     "SSC layer fwd+bwd vs torch, every sscresnet20 shape (worst)": "SSC layer, worst shape",
@@ -31,13 +33,13 @@ SHORT_NAMES = {  # run.py's target names, shortened for a column header
 
 def header(target: dict) -> str:
     """'r=1 training >= 200 img/s': the short name and what passes."""
-    name = SHORT_NAMES.get(target["target"], target["target"])
-    unit = "x" if target["unit"] == "x" else f" {target['unit']}"
-    return f"{name} {'>=' if target['higher_is_better'] else '<='} {target['threshold']:g}{unit}"
+    return f"{SHORT_NAMES.get(target['target'], target['target'])} " \
+        f"{benchmark.passing_range(target)}"
 
 
 def cell(target: dict) -> str:
-    """The value as the report prints it, in bold if the run missed the target."""
+    """The value (ratios and seconds to two decimals, images/s to one), in bold if the run
+    missed the target."""
     value = target["value"]
     if value is None:
         return "n/a"
@@ -46,11 +48,8 @@ def cell(target: dict) -> str:
 
 
 def torch_r1_rate(results: dict) -> str:
-    for network in results.get("networks", []):
-        if network["model"] == "sscresnet20" and network["options"] == {"r": 1}:
-            torch = network.get("torch")
-            return f"{torch['train_images_per_s']:.1f}" if torch else "-"
-    return "-"
+    torch = (benchmark._network(results, "sscresnet20", {"r": 1}) or {}).get("torch")
+    return f"{torch['train_images_per_s']:.1f}" if torch else "-"
 
 
 def probes(meta: dict) -> str:
