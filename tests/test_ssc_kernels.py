@@ -468,6 +468,34 @@ def test_weight_grad_from_chunks_of_several_samples_matches_the_reference(kernel
         assert_close(actual, twin, TWIN_TOLERANCE[np.float64])
 
 
+@pytest.mark.parametrize("chunks", [1, 3, 11])
+def test_group_backward_in_pairs_of_samples_with_norms_matches_the_reference(chunks,
+                                                                             monkeypatch):
+    """The group backward takes two samples a pass, and a chunk's odd last sample alone. With
+    everything the SSC module's first layer folds in (an input norm, an output norm, and the
+    next layer's upstream instead of grad_y), over 11 samples in one chunk (five pairs and
+    one alone), in three uneven ones (3, 4, 4) and one a chunk, on two threads and on one, its
+    gradients and sums are the NumPy twin's, and the same bits whatever the number of
+    threads."""
+    monkeypatch.setattr(ssc, "WEIGHT_GRAD_CHUNKS", chunks)
+    x, weight = arrays(15, (11, 18, 6, 7)), arrays(16, (18, 9))  # 9 outputs a group
+    upstream = ssc.NextLayerInputGrad(arrays(17, (11, 2, 6, 7)), arrays(18, (2, 9)), 3, 1,
+                                      shuffle_groups=2)  # one output a group: flat kernels
+    input_norm = input_norm_problem(18, 19, np.float64)
+    y = ssc.ssc_forward(x, weight, 3, 1)
+    mean, var = norm.batch_norm_statistics(y)
+    output_norm = (y, mean, 1 / np.sqrt(var + 1e-5), arrays(22, (18,)), arrays(23, (18,)),
+                   arrays(24, (18,)), arrays(25, (18,)), True)
+    arguments = (x, weight, upstream, 3, 1, 1, input_norm, output_norm)
+    expected = ssc.ssc_backward_reference(*arguments)
+    grads = ssc.ssc_backward(*arguments)
+    single_thread = on_one_thread(ssc.ssc_backward, *arguments)
+    assert len(grads) == len(expected) == 4  # grad_a, grad_W, the input norm's two sums
+    for actual, on_one, twin in zip(grads, single_thread, expected):
+        np.testing.assert_array_equal(actual, on_one)
+        assert_close(actual, twin, TWIN_TOLERANCE[np.float64])
+
+
 @pytest.mark.parametrize("family", ["one output per group", "nine per group", "stride 2"])
 def test_backward_does_not_depend_on_where_arrays_lie_in_memory(family):
     """The same call twice on copies of its inputs gives the same bits, over thousands of tiny

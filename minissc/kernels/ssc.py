@@ -529,9 +529,15 @@ def _fill_upstream_block(grad_y, n, first_output, stop, output_norm, next_layer,
     grad_y * [a > 0], and it is computed here, group by group, as the rows are about to be
     read: the batch norm's own grad_x pass would write it to memory and read it back. Without
     an output norm its arrays are empty. No fastmath, as in `norm._input_grad`: the values
-    are rounded as that pass rounds them.
+    are rounded as that pass rounds them. With neither, the rows are copied as they are, in
+    a loop of their own: through the general one they took 13% of the one-sample group
+    backward at 576->576 8x8 (a scratch script: 7.4 against 6.4 ms).
     """
     plane_size = block.shape[1] - 2 * margin
+    if next_block.shape[0] == 0 and output_norm[1].shape[0] == 0:  # the rows of grad_y
+        for j in range(stop - first_output):
+            block[j, margin:margin + plane_size] = grad_y[n, first_output + j]
+        return
     for j in range(stop - first_output):
         o = first_output + j
         row = block[j, margin:margin + plane_size]
@@ -615,6 +621,26 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     the forward. A group with fewer than nine outputs reads its last output again in the
     missing places, with weight 0, and drops their sums (with a non-finite grad_y that adds
     0 * inf = NaN where the exact sum is inf); outputs past nine are added one by one.
+
+    The pass takes two samples at once, n and n + 1, so that what it costs per plane apart
+    from its arithmetic is paid once for two planes: the weights' broadcasts, LLVM's overlap
+    checks before the vector loop, the nine horizontal sums and float64 partial updates
+    after it (these dominate on 8x8 planes, whose loop runs 8 vector iterations). Both
+    samples' gradient planes are written in the loop, and the nine weight sums add both
+    samples' products lane by lane: another order than one sample a pass, the same on any
+    number of threads, since the pairs follow from the chunks. A chunk's odd last sample is
+    its own partner: its gradient plane is written twice with the same values, and the
+    partner's weight-sum terms are multiplied by 0 (with a non-finite upstream gradient that
+    adds NaN, as for missing outputs). Against one sample a pass (the commit before;
+    `benchmarks/ssc_versions_ab.py --against c3691ea`, 15 and 21 rounds, median ratio new /
+    old, 2 threads, batch 128; the same change copies the upstream rows directly when there
+    is no output norm or next layer, `_fill_upstream_block`): 0.73 at 576->576 8x8, 0.90-0.95
+    at 288->288 16x16, 0.90-0.92 at 144->144 32x32; with an input norm 0.79-0.81, 0.99-1.00
+    and 0.79-0.84. With an output norm and a next layer (the SSC module's first layer in
+    training) filling the block costs as much as the pass, and the pair op's backward did
+    not change (0.98-1.04, a scratch script), nor did whole sscresnet20 steps
+    (`--steps-against c3691ea --rounds 48`: r=1 0.982, r=2 1.029).
+
     With an input norm each value is normalised as it is read (`_normalised_value`, rounded
     as the forward rounds it), and norm_sums[n, c_i] gets the plane's `_input_norm_grad_sums`
     as soon as grad_x[n, c_i] is written, while it is in cache. Each input channel belongs to
@@ -634,44 +660,60 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     next_upstream, next_stride = next_layer[0], next_layer[4]
     next_margin = _shift_margin(next_layer[2], next_layer[3], width)
     chunks = grad_weight_partials.shape[0]
+    has_input_norm = input_norm[0].size > 0
     for chunk in prange(chunks):  # samples chunk * batch // chunks ... in sample order
-        block = np.zeros((max(outputs_per_group, 9), plane_size + 2 * margin), x.dtype)
-        next_block = np.zeros((next_upstream.shape[1], plane_size + 2 * next_margin), x.dtype)
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            for o2 in range(next_block.shape[0]):  # empty without a next layer
-                _fill_margined_upstream(next_upstream[n, o2], next_stride, width, next_margin,
-                                        next_block[o2])
+        blocks = np.zeros((2, max(outputs_per_group, 9), plane_size + 2 * margin), x.dtype)
+        next_blocks = np.zeros((2, next_upstream.shape[1], plane_size + 2 * next_margin),
+                               x.dtype)
+        start, stop = chunk * batch // chunks, (chunk + 1) * batch // chunks
+        for n in range(start, stop, 2):
+            pair = min(2, stop - n)
+            partner, has_partner = n + pair - 1, pair == 2  # n itself when it has none
+            for s in range(pair):
+                for o2 in range(next_blocks.shape[1]):  # empty without a next layer
+                    _fill_margined_upstream(next_upstream[n + s, o2], next_stride, width,
+                                            next_margin, next_blocks[s, o2])
             for g in range(groups):
-                first_output, stop = g * outputs_per_group, (g + 1) * outputs_per_group
-                _fill_upstream_block(grad_y, n, first_output, stop, output_norm, next_layer,
-                                     next_block, width, block, margin)
+                first_output, stop_output = g * outputs_per_group, (g + 1) * outputs_per_group
+                _fill_upstream_block(grad_y, n, first_output, stop_output, output_norm,
+                                     next_layer, next_blocks[0], width, blocks[0], margin)
+                _fill_upstream_block(grad_y, partner, first_output, stop_output, output_norm,
+                                     next_layer, next_blocks[pair - 1], width, blocks[1], margin)
                 for i in range(group_size):
                     channel = input_channels[g * group_size + i]
-                    plane = x[n, channel]
+                    plane_a = x[n, channel]
+                    plane_b = x[partner, channel]
+                    grad_a = grad_x[n, channel]
+                    grad_b = grad_x[partner, channel]
                     channel_norm = _channel_norm(input_norm, channel)
                     mask = masks[i]
-                    grad_x_plane = grad_x[n, channel]
                     first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
-                    rows = block[:, first:first + plane_size]
-                    o, last = first_output, stop - first_output - 1  # nine outputs in one pass
-                    grad0, grad1, grad2 = rows[0], rows[min(1, last)], rows[min(2, last)]
-                    grad3, grad4, grad5 = rows[min(3, last)], rows[min(4, last)], rows[min(5, last)]
-                    grad6, grad7, grad8 = rows[min(6, last)], rows[min(7, last)], rows[min(8, last)]
-                    w0, w1, w2 = weight[o, i], _weight_or_zero(weight, o + 1, i, stop), \
-                        _weight_or_zero(weight, o + 2, i, stop)
-                    w3, w4, w5 = _weight_or_zero(weight, o + 3, i, stop), \
-                        _weight_or_zero(weight, o + 4, i, stop), \
-                        _weight_or_zero(weight, o + 5, i, stop)
-                    w6, w7, w8 = _weight_or_zero(weight, o + 6, i, stop), \
-                        _weight_or_zero(weight, o + 7, i, stop), \
-                        _weight_or_zero(weight, o + 8, i, stop)
+                    rows_a = blocks[0, :, first:first + plane_size]
+                    rows_b = blocks[1, :, first:first + plane_size]
+                    o, last = first_output, stop_output - first_output - 1  # nine outputs a pass
+                    a0, a1, a2 = rows_a[0], rows_a[min(1, last)], rows_a[min(2, last)]
+                    a3, a4, a5 = rows_a[min(3, last)], rows_a[min(4, last)], rows_a[min(5, last)]
+                    a6, a7, a8 = rows_a[min(6, last)], rows_a[min(7, last)], rows_a[min(8, last)]
+                    b0, b1, b2 = rows_b[0], rows_b[min(1, last)], rows_b[min(2, last)]
+                    b3, b4, b5 = rows_b[min(3, last)], rows_b[min(4, last)], rows_b[min(5, last)]
+                    b6, b7, b8 = rows_b[min(6, last)], rows_b[min(7, last)], rows_b[min(8, last)]
+                    w0, w1, w2 = weight[o, i], _weight_or_zero(weight, o + 1, i, stop_output), \
+                        _weight_or_zero(weight, o + 2, i, stop_output)
+                    w3, w4, w5 = _weight_or_zero(weight, o + 3, i, stop_output), \
+                        _weight_or_zero(weight, o + 4, i, stop_output), \
+                        _weight_or_zero(weight, o + 5, i, stop_output)
+                    w6, w7, w8 = _weight_or_zero(weight, o + 6, i, stop_output), \
+                        _weight_or_zero(weight, o + 7, i, stop_output), \
+                        _weight_or_zero(weight, o + 8, i, stop_output)
                     sum0 = sum1 = sum2 = sum3 = sum4 = sum5 = sum6 = sum7 = sum8 = zero
                     for j in range(plane_size):
                         inside = mask[j] != zero
-                        value = _normalised_value(plane[j], channel_norm, zero)
-                        value = value if inside else zero
-                        up0, up1, up2, up3, up4 = grad0[j], grad1[j], grad2[j], grad3[j], grad4[j]
-                        up5, up6, up7, up8 = grad5[j], grad6[j], grad7[j], grad8[j]
+                        value_a = _normalised_value(plane_a[j], channel_norm, zero)
+                        value_a = value_a if inside else zero
+                        value_b = _normalised_value(plane_b[j], channel_norm, zero)
+                        value_b = value_b if inside and has_partner else zero
+                        up0, up1, up2, up3, up4 = a0[j], a1[j], a2[j], a3[j], a4[j]
+                        up5, up6, up7, up8 = a5[j], a6[j], a7[j], a8[j]
                         grad = w0 * up0  # + w1 * up1 + ... + w8 * up8
                         grad = multiply_add(w1, up1, grad)
                         grad = multiply_add(w2, up2, grad)
@@ -681,40 +723,65 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                         grad = multiply_add(w6, up6, grad)
                         grad = multiply_add(w7, up7, grad)
                         grad = multiply_add(w8, up8, grad)
-                        grad_x_plane[j] = grad if inside else zero
-                        sum0 = multiply_add(up0, value, sum0)
-                        sum1 = multiply_add(up1, value, sum1)
-                        sum2 = multiply_add(up2, value, sum2)
-                        sum3 = multiply_add(up3, value, sum3)
-                        sum4 = multiply_add(up4, value, sum4)
-                        sum5 = multiply_add(up5, value, sum5)
-                        sum6 = multiply_add(up6, value, sum6)
-                        sum7 = multiply_add(up7, value, sum7)
-                        sum8 = multiply_add(up8, value, sum8)
+                        grad_a[j] = grad if inside else zero
+                        sum0 = multiply_add(up0, value_a, sum0)
+                        sum1 = multiply_add(up1, value_a, sum1)
+                        sum2 = multiply_add(up2, value_a, sum2)
+                        sum3 = multiply_add(up3, value_a, sum3)
+                        sum4 = multiply_add(up4, value_a, sum4)
+                        sum5 = multiply_add(up5, value_a, sum5)
+                        sum6 = multiply_add(up6, value_a, sum6)
+                        sum7 = multiply_add(up7, value_a, sum7)
+                        sum8 = multiply_add(up8, value_a, sum8)
+                        up0, up1, up2, up3, up4 = b0[j], b1[j], b2[j], b3[j], b4[j]
+                        up5, up6, up7, up8 = b5[j], b6[j], b7[j], b8[j]
+                        grad = w0 * up0
+                        grad = multiply_add(w1, up1, grad)
+                        grad = multiply_add(w2, up2, grad)
+                        grad = multiply_add(w3, up3, grad)
+                        grad = multiply_add(w4, up4, grad)
+                        grad = multiply_add(w5, up5, grad)
+                        grad = multiply_add(w6, up6, grad)
+                        grad = multiply_add(w7, up7, grad)
+                        grad = multiply_add(w8, up8, grad)
+                        grad_b[j] = grad if inside else zero
+                        sum0 = multiply_add(up0, value_b, sum0)
+                        sum1 = multiply_add(up1, value_b, sum1)
+                        sum2 = multiply_add(up2, value_b, sum2)
+                        sum3 = multiply_add(up3, value_b, sum3)
+                        sum4 = multiply_add(up4, value_b, sum4)
+                        sum5 = multiply_add(up5, value_b, sum5)
+                        sum6 = multiply_add(up6, value_b, sum6)
+                        sum7 = multiply_add(up7, value_b, sum7)
+                        sum8 = multiply_add(up8, value_b, sum8)
                     sums = grad_weight_partials[chunk, :, i]
-                    _add_if_inside(sums, o, stop, sum0)
-                    _add_if_inside(sums, o + 1, stop, sum1)
-                    _add_if_inside(sums, o + 2, stop, sum2)
-                    _add_if_inside(sums, o + 3, stop, sum3)
-                    _add_if_inside(sums, o + 4, stop, sum4)
-                    _add_if_inside(sums, o + 5, stop, sum5)
-                    _add_if_inside(sums, o + 6, stop, sum6)
-                    _add_if_inside(sums, o + 7, stop, sum7)
-                    _add_if_inside(sums, o + 8, stop, sum8)
-                    for o in range(first_output + 9, stop):  # the outputs past nine, one by one
-                        grad_y_plane, w = rows[o - first_output], weight[o, i]
-                        for j in range(plane_size):
-                            grad = grad_y_plane[j]
-                            grad_x_plane[j] += w * (grad if mask[j] != zero else zero)
-                        weight_sum = zero
-                        for j in range(plane_size):  # no store, as in `_flat_backward_kernel`
-                            grad = grad_y_plane[j]
-                            grad = grad if mask[j] != zero else zero
-                            weight_sum += grad * _normalised_value(plane[j], channel_norm, zero)
-                        grad_weight_partials[chunk, o, i] += weight_sum
-                    if input_norm[0].size:
-                        _input_norm_grad_sums(grad_x_plane, x[n, channel], channel, input_norm,
-                                              norm_sums[n, channel])
+                    _add_if_inside(sums, o, stop_output, sum0)
+                    _add_if_inside(sums, o + 1, stop_output, sum1)
+                    _add_if_inside(sums, o + 2, stop_output, sum2)
+                    _add_if_inside(sums, o + 3, stop_output, sum3)
+                    _add_if_inside(sums, o + 4, stop_output, sum4)
+                    _add_if_inside(sums, o + 5, stop_output, sum5)
+                    _add_if_inside(sums, o + 6, stop_output, sum6)
+                    _add_if_inside(sums, o + 7, stop_output, sum7)
+                    _add_if_inside(sums, o + 8, stop_output, sum8)
+                    for s in range(pair if outputs_per_group > 9 or has_input_norm else 0):
+                        rows = blocks[s, :, first:first + plane_size]
+                        plane, grad_x_plane = x[n + s, channel], grad_x[n + s, channel]
+                        for o in range(first_output + 9, stop_output):  # past nine, one by one
+                            grad_y_plane, w = rows[o - first_output], weight[o, i]
+                            for j in range(plane_size):
+                                grad = grad_y_plane[j]
+                                grad_x_plane[j] += w * (grad if mask[j] != zero else zero)
+                            weight_sum = zero
+                            for j in range(plane_size):  # no store, as in `_flat_backward_kernel`
+                                grad = grad_y_plane[j]
+                                grad = grad if mask[j] != zero else zero
+                                weight_sum += grad * _normalised_value(plane[j], channel_norm,
+                                                                       zero)
+                            grad_weight_partials[chunk, o, i] += weight_sum
+                        if has_input_norm:
+                            _input_norm_grad_sums(grad_x_plane, plane, channel, input_norm,
+                                                  norm_sums[n + s, channel])
 
 
 def channel_shuffle(x, groups):
