@@ -631,7 +631,10 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     number of threads, since the pairs follow from the chunks. A chunk's odd last sample is
     its own partner: its gradient plane is written twice with the same values, and the
     partner's weight-sum terms are multiplied by 0 (with a non-finite upstream gradient that
-    adds NaN, as for missing outputs). Against one sample a pass (the commit before;
+    adds NaN, as for missing outputs). The two samples' terms are written out one after the
+    other: as one inline helper called twice (nine sums in and out as a tuple) the pass ran
+    1.02-1.09x slower with an input norm (a scratch script, median of 15 alternating calls).
+    Against one sample a pass (the commit before;
     `benchmarks/ssc_versions_ab.py --against c3691ea`, 15 and 21 rounds, median ratio new /
     old, 2 threads, batch 128; the same change copies the upstream rows directly when there
     is no output norm or next layer, `_fill_upstream_block`): 0.73 at 576->576 8x8, 0.90-0.95
