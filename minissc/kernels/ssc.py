@@ -633,7 +633,8 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     partner's weight-sum terms are multiplied by 0 (with a non-finite upstream gradient that
     adds NaN, as for missing outputs). The two samples' terms are written out one after the
     other: as one inline helper called twice (nine sums in and out as a tuple) the pass ran
-    1.02-1.09x slower with an input norm (a scratch script, median of 15 alternating calls).
+    1.04-1.11x slower with an input norm and 0.95-1.04x without (a scratch script, medians
+    of 15 alternating calls, two runs).
     Against one sample a pass (the commit before;
     `benchmarks/ssc_versions_ab.py --against c3691ea`, 15 and 21 rounds, median ratio new /
     old, 2 threads, batch 128; the same change copies the upstream rows directly when there
