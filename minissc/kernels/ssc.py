@@ -638,9 +638,9 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     Against one sample a pass (the commit before;
     `benchmarks/ssc_versions_ab.py --against c3691ea`, 15 and 21 rounds, median ratio new /
     old, 2 threads, batch 128; the same change copies the upstream rows directly when there
-    is no output norm or next layer, `_fill_upstream_block`): 0.73 at 576->576 8x8, 0.90-0.95
-    at 288->288 16x16, 0.90-0.92 at 144->144 32x32; with an input norm 0.79-0.81, 0.99-1.00
-    and 0.79-0.84. With an output norm and a next layer (the SSC module's first layer in
+    is no output norm or next layer, `_fill_upstream_block`): 0.71-0.74 at 576->576 8x8,
+    0.81-0.95 at 288->288 16x16, 0.90-0.92 at 144->144 32x32; with an input norm 0.79-0.81,
+    0.99-1.00 and 0.79-0.84. With an output norm and a next layer (the SSC module's first layer in
     training) filling the block costs as much as the pass, and the pair op's backward did
     not change (0.98-1.04, a scratch script), nor did whole sscresnet20 steps
     (`--steps-against c3691ea --rounds 48`: r=1 0.982, r=2 1.029).
