@@ -133,9 +133,10 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   pass: it reads the input once, writes its gradient plane once, and keeps the nine weight
 #   sums side by side in registers. Each pass takes two samples, so that the pass's fixed
 #   costs (broadcasting nine weights, summing nine vector registers) are paid once for two
-#   planes: on 8x8 planes, eight vector steps long, they were a large part. It first copies the group's upstream planes into a block
-#   with zero margins, so that each loop runs over a whole plane (a multiple of the vector
-#   width) instead of over a run that ends in a scalar remainder. `ssc_forward` picks this
+#   planes: on 8x8 planes, eight vector steps long, they were a large part. It first copies
+#   the group's upstream planes into a block with zero margins, so that each loop runs over
+#   a whole plane (a multiple of the vector width) instead of over a run that ends in a
+#   scalar remainder. `ssc_forward` picks this
 #   pair when a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs
 #   (`benchmarks/ssc_kernel_ab.py` compares the two pairs).
 
