@@ -530,8 +530,8 @@ def _fill_upstream_block(grad_y, n, first_output, stop, output_norm, next_layer,
     read: the batch norm's own grad_x pass would write it to memory and read it back. Without
     an output norm its arrays are empty. No fastmath, as in `norm._input_grad`: the values
     are rounded as that pass rounds them. With neither, the rows are copied as they are, in
-    a loop of their own: through the general one they took 13% of the one-sample group
-    backward at 576->576 8x8 (a scratch script: 7.4 against 6.4 ms).
+    a loop of their own: a scratch script timed the one-sample group backward at 576->576
+    8x8 at 7.4 ms with the rows copied through the general loop, 6.4 ms with a plain copy.
     """
     plane_size = block.shape[1] - 2 * margin
     if next_block.shape[0] == 0 and output_norm[1].shape[0] == 0:  # the rows of grad_y
@@ -623,9 +623,9 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     0 * inf = NaN where the exact sum is inf); outputs past nine are added one by one.
 
     The pass takes two samples at once, n and n + 1, so that what it costs per plane apart
-    from its arithmetic is paid once for two planes: the weights' broadcasts, LLVM's overlap
-    checks before the vector loop, the nine horizontal sums and float64 partial updates
-    after it (these dominate on 8x8 planes, whose loop runs 8 vector iterations). Both
+    from its arithmetic is paid once for two planes: the weights' broadcasts, the loop's
+    set-up (LLVM's overlap checks), the nine horizontal sums and float64 partial updates
+    after it (a large part of a pass on 8x8 planes, whose loop runs 8 vector steps). Both
     samples' gradient planes are written in the loop, and the nine weight sums add both
     samples' products lane by lane: another order than one sample a pass, the same on any
     number of threads, since the pairs follow from the chunks. A chunk's odd last sample is
@@ -635,15 +635,16 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     other: as one inline helper called twice (nine sums in and out as a tuple) the pass ran
     1.04-1.11x slower with an input norm and 0.95-1.04x without (a scratch script, medians
     of 15 alternating calls, two runs).
-    Against one sample a pass (the commit before;
-    `benchmarks/ssc_versions_ab.py --against c3691ea`, 15 and 21 rounds, median ratio new /
-    old, 2 threads, batch 128; the same change copies the upstream rows directly when there
-    is no output norm or next layer, `_fill_upstream_block`): 0.71-0.74 at 576->576 8x8,
-    0.81-0.95 at 288->288 16x16, 0.90-0.92 at 144->144 32x32; with an input norm 0.79-0.81,
-    0.99-1.00 and 0.79-0.84. With an output norm and a next layer (the SSC module's first layer in
-    training) filling the block costs as much as the pass, and the pair op's backward did
-    not change (0.98-1.04, a scratch script), nor did whole sscresnet20 steps
-    (`--steps-against c3691ea --rounds 48`: r=1 0.982, r=2 1.029).
+
+    Against one sample a pass (the commit before; `benchmarks/ssc_versions_ab.py --against
+    c3691ea`, 15 and 21 rounds, median ratio new / old, 2 threads, batch 128; the same
+    change copies the upstream rows directly when there is no output norm or next layer,
+    `_fill_upstream_block`): 0.71-0.74 at 576->576 8x8, 0.81-0.95 at 288->288 16x16,
+    0.90-0.92 at 144->144 32x32; with an input norm 0.79-0.81, 0.99-1.00 and 0.79-0.84.
+    With an output norm and a next layer (the SSC module's first layer in training) filling
+    the block costs as much as the pass, and the pair op's backward did not change
+    (0.98-1.04, a scratch script), nor did whole sscresnet20 steps (`--steps-against
+    c3691ea --rounds 48`: r=1 0.982, r=2 1.029).
 
     With an input norm each value is normalised as it is read (`_normalised_value`, rounded
     as the forward rounds it), and norm_sums[n, c_i] gets the plane's `_input_norm_grad_sums`
@@ -768,6 +769,9 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                     _add_if_inside(sums, o + 6, stop_output, sum6)
                     _add_if_inside(sums, o + 7, stop_output, sum7)
                     _add_if_inside(sums, o + 8, stop_output, sum8)
+                    # per sample: the outputs past nine and the input norm's sums; skipped when
+                    # there are none (left in, the empty loop measured 1.05x and 1.14x at
+                    # 576->576 8x8 in two A/B runs of 15 rounds)
                     for s in range(pair if outputs_per_group > 9 or has_input_norm else 0):
                         rows = blocks[s, :, first:first + plane_size]
                         plane, grad_x_plane = x[n + s, channel], grad_x[n + s, channel]
