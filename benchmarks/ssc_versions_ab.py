@@ -13,12 +13,14 @@ with an SSC module's two layers as one op (`minissc.nn.ssc_pair`) against the tw
 calls (the 1x1 convolution in front called on its own in both); `--pair conv` the op with the
 convolution folded in against the convolution, then the op. `--steps-against` times whole
 training steps of this checkout against those of another revision (a git worktree), each in
-fresh processes, alternating: for changes outside the SSC kernels.
+fresh processes, alternating: for changes outside the SSC kernels; `--steps-model` picks the
+model (sscresnet20 at r = 1 and 2 by default, resnet20, shiftresnet20 at e = 3).
 Run it on an otherwise idle machine:
 
     python benchmarks/ssc_versions_ab.py --against 1c11bb2 [--norm] [--network] [--rounds 25]
     python benchmarks/ssc_versions_ab.py --pair {layers,conv}
     python benchmarks/ssc_versions_ab.py --steps-against e776f6e [--rounds 24]
+    python benchmarks/ssc_versions_ab.py --steps-against e776f6e --steps-model resnet20
 """
 import argparse
 import importlib.util
@@ -43,6 +45,8 @@ SHAPES = [  # channels, side, outputs, stride: sscresnet20's (r=1) SSC1 and SSC2
     (576, 8, 576, 1), (144, 32, 144, 1), (288, 16, 288, 1),
     (576, 8, 64, 1), (144, 32, 16, 1), (288, 16, 32, 1), (288, 32, 32, 2), (576, 16, 64, 2)]
 SWAPPED = ("ssc_forward", "ssc_backward")
+STEP_MODELS = {"sscresnet20": [{"r": 1}, {"r": 2}], "resnet20": [{}],
+               "shiftresnet20": [{"e": 3}]}  # the models of --steps-model, with their widths
 
 
 OLD_PACKAGE = "kernels_at_revision"
@@ -80,9 +84,9 @@ def alternate(calls: dict, rounds: int) -> dict:
     return times
 
 
-def compare_steps(revision: str, rounds: int, steps: int = 8) -> None:
-    """sscresnet20 training steps (r = 1, 2) of this checkout against those of `revision`
-    (a git worktree of it), each side in a fresh process per round, the two alternating;
+def compare_steps(revision: str, rounds: int, model: str, steps: int = 8) -> None:
+    """Training steps of `model` (at each width of STEP_MODELS) of this checkout against those
+    of `revision` (a git worktree of it), each side in a fresh process per round, alternating;
     reports each side's median of the rounds' median step and the median ratio new / old.
     For changes beyond the SSC kernels, which `--network` swaps within one process."""
     root = Path(__file__).resolve().parent.parent
@@ -91,15 +95,17 @@ def compare_steps(revision: str, rounds: int, steps: int = 8) -> None:
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old_tree), revision],
                        cwd=root, check=True)
         try:
-            for r in (1, 2):
+            for options in STEP_MODELS[model]:
+                width = " ".join(f"{key}={value}" for key, value in options.items())
                 times = {"old": [], "new": []}
                 for _ in range(rounds):
                     for name, tree in (("old", old_tree), ("new", root)):
                         times[name].append(1e-3 * float(subprocess.run(
-                            [sys.executable, __file__, "--worker-steps", str(r), str(steps)],
+                            [sys.executable, __file__, "--worker-steps", model, width,
+                             str(steps)],
                             env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
                             capture_output=True, text=True).stdout.split()[-1]))
-                report(f"sscresnet20 r={r} step, fresh processes", times)
+                report(f"{model} {width} step, fresh processes".replace("  ", " "), times)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=root,
                            check=True)
@@ -123,16 +129,20 @@ def main(argv=None):
     parser.add_argument("--steps-against", metavar="REVISION",
                         help="whole training steps of this checkout against REVISION's, in "
                              "fresh processes, alternating")
-    parser.add_argument("--worker-steps", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps-model", choices=sorted(STEP_MODELS), default="sscresnet20",
+                        help="the model of --steps-against (default sscresnet20)")
+    parser.add_argument("--worker-steps", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_steps:
-        r, steps = args.worker_steps
-        print(1e3 * np.median(run.call_seconds(training_step(r), steps, untimed=2)))
+        model, width, steps = args.worker_steps  # width: "r=1", "e=3" or ""
+        options = {key: int(value) for key, value in (item.split("=") for item in width.split())}
+        step = training_step(model, **options)
+        print(1e3 * np.median(run.call_seconds(step, int(steps), untimed=2)))
         return 0
     if not (args.against or args.pair or args.steps_against):
         parser.error("give --against REVISION, --pair, --steps-against REVISION, or several")
     if args.steps_against:
-        compare_steps(args.steps_against, max(2, args.rounds // 8))
+        compare_steps(args.steps_against, max(2, args.rounds // 8), args.steps_model)
     if args.against:
         compare_kernels(args)
     if args.pair:
@@ -172,9 +182,10 @@ def compare_kernels(args):
                     network_steps(versions, r), max(4, args.rounds // 3)))
 
 
-def training_step(r: int):
-    """step(): one SGD step of sscresnet20 (width r) on a fixed random batch of 128."""
-    model = models.create("sscresnet20", r=r)
+def training_step(model_name: str = "sscresnet20", **options):
+    """step(): one SGD step of the model (sscresnet20 by default, with its options, e.g.
+    r=1) on a fixed random batch of 128."""
+    model = models.create(model_name, **options)
     optimizer = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((128, 3, 32, 32), dtype=np.float32)
@@ -192,7 +203,7 @@ def pair_steps(r: int, fold: str) -> dict:
     are ("new"), for fold "layers": its two SSC layers called separately against the pair op
     (the 1x1 convolution in front called on its own in both), for fold "conv": the
     convolution called before the pair op against the op with the convolution folded in."""
-    step, pair = training_step(r), models.ssc_pair
+    step, pair = training_step(r=r), models.ssc_pair
 
     def two_calls(x, bn1, ssc1, bn2, ssc2, conv):
         return ssc2(ssc1(conv(x), input_norm=bn1), input_norm=bn2)
@@ -212,7 +223,7 @@ def pair_steps(r: int, fold: str) -> dict:
 
 def network_steps(versions: dict, r: int) -> dict:
     """A training step of sscresnet20 per version, each with that version's SSC kernels."""
-    step = training_step(r)
+    step = training_step(r=r)
     current = {name: getattr(ssc, name) for name in SWAPPED}
 
     def step_with(version):
