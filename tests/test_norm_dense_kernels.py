@@ -346,6 +346,8 @@ def test_conv2d_backward_matches_finite_differences(config, seed):
     (2, 3, 3, 6, 5, 3, 3, 2, 1, 3),   # depthwise 3x3, stride 2, padding 1
     (1, 2, 4, 1, 1, 3, 3, 1, 1, 1),   # a single pixel: only the centre tap sees the image
     (2, 3, 16, 8, 8, 3, 3, 1, 1, 1),  # the CIFAR stem's layout
+    (2, 16, 8, 6, 5, 3, 3, 1, 1, 1),  # resnet20's layers: the forward by rows (_im2row)
+    (2, 16, 8, 7, 6, 3, 3, 2, 1, 1),  # the same with stride 2
 ])
 def test_conv2d_edge_shapes(n, c, o, h, w, kh, kw, stride, padding, groups, dtype):
     config = dict(n=n, c=c, o=o, h=h, w=w, kh=kh, kw=kw, stride=stride, padding=padding,
@@ -363,6 +365,31 @@ def test_conv2d_edge_shapes(n, c, o, h, w, kh, kw, stride, padding, groups, dtyp
     tolerance = max(ORACLE_TOLERANCE[dtype], GRADIENT_TOLERANCE)
     assert_close(grad_x, expected[0], tolerance)
     assert_close(grad_weight, expected[1], tolerance)
+
+
+@settings(max_examples=100)
+@given(conv_configs(max_side=9).filter(lambda config: config["groups"] == 1), seeds, dtypes)
+def test_im2row_holds_the_im2col_columns_as_rows(config, seed, dtype):
+    """`_im2row` (pixel rows, entries (i, j, c)) is `im2col_reference` transposed, to the bit."""
+    x, columns_shape = im2col_problem(config, seed, dtype)
+    args = config["kh"], config["kw"], config["stride"], config["padding"], *columns_shape[4:]
+    columns = dense.im2col_reference(x, *args)  # (N, C, kh, kw, Ho, Wo)
+    np.testing.assert_array_equal(dense._im2row(x, *args),
+                                  columns.transpose(0, 4, 5, 2, 3, 1).reshape(
+                                      -1, np.prod(columns_shape[1:4])))
+
+
+@settings(max_examples=100)
+@given(conv_configs(), seeds, dtypes)
+def test_conv2d_forward_by_rows_matches_brute_force(config, seed, dtype):
+    """The forward by `_im2row` on every layout, not only on ROWS_MIN_CHANNELS channels."""
+    x, weight, _ = conv_problem(config, seed, dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dense, "ROWS_MIN_CHANNELS", 1)
+        y = dense.conv2d_forward(x, weight, *layout(config))
+    expected = brute_force_conv2d(x.astype(np.float64), weight.astype(np.float64),
+                                  *layout(config))
+    assert_close(y, expected, ORACLE_TOLERANCE[dtype])
 
 
 def test_conv2d_of_an_empty_batch_is_empty():

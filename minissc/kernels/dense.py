@@ -20,6 +20,12 @@ x[:, :, ::s, ::s]. The gather (`_im2col_kernel`) and its adjoint (`_col2im_kerne
 loops that write each entry once, with no padded copy of x; their NumPy twins
 `im2col_reference` and `col2im_reference` pad and slice.
 
+The forward of a convolution with one group and at least ROWS_MIN_CHANNELS input channels
+uses the same products the other way round, one pixel per row: y^T = rows @ W^T, with
+rows (n * Ho * Wo, K) the columns of a chunk's images stacked as rows (`_im2row`, entries in
+the order (i, j, c)). OpenBLAS runs W @ cols slowly when W has few rows (16 at 16 -> 16 3x3,
+16 GFLOP/s on one thread), and one tall product of a chunk at about twice that.
+
 Both passes run over chunks of images (IMAGES_PER_CHUNK in the forward; in the backward as
 many as keep a chunk of grad_y in cache, `_images_per_backward_chunk`), on as many Python
 threads as Numba has (the Numba kernels are `nogil`, NumPy's copies and BLAS release the GIL,
@@ -37,11 +43,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 from numba import njit
+from numpy.lib.stride_tricks import as_strided
 
 from minissc.kernels import (copy_shifted_plane, flat_run, norm, plane_columns, planes,
                              valid_range, zero_wrapped_columns)
 
 IMAGES_PER_CHUNK = 16
+# Forward by rows (see above) from this many input channels. Measured against the forward by
+# columns (a scratch A/B in one process, batch 128, 2 threads, median ratio of 21 alternating
+# calls): 3x3 16->16 at 32x32 0.88x the time, 32->32 at 16x16 0.85x, 64->64 at 8x8 0.74x,
+# stride 2 16->32 and 32->64 1.08x and 0.96x (0.85x both in a run of 15); whole resnet20
+# steps 0.938x (`ssc_versions_ab.py --steps-against 9d551e6 --steps-model resnet20 --rounds
+# 96`). At 3 channels (the CIFAR stem) a prototype took 2.1x the time: its runs are 9 values.
+ROWS_MIN_CHANNELS = 16
 BACKWARD_CHUNK_BYTES = 2_500_000
 _pools = {}
 
@@ -52,16 +66,25 @@ def conv2d_forward(x, weight, stride, padding, groups, moments=None):
     With moments, an array (N, O, 3), also the moments of every plane of y for its batch
     statistics (`minissc.kernels.norm.plane_moments`), taken chunk by chunk while the chunk
     is in cache."""
-    batch = x.shape[0]
+    batch, channels = x.shape[:2]
     out_channels, _, kh, kw = weight.shape
     out_h, out_w = _output_size(x.shape, kh, kw, stride, padding)
     weight_groups = _group_matrices(weight, groups)  # (G, O/G, K)
     y = np.empty((batch, out_channels, out_h, out_w), x.dtype)
+    by_rows = (groups == 1 and channels >= ROWS_MIN_CHANNELS
+               and not (kh == kw == 1 and padding == 0))
+    weight_rows = weight.transpose(2, 3, 1, 0).reshape(-1, out_channels)  # (K, O), see _im2row
 
     def forward_chunk(images):
-        columns = _group_columns(_im2col(x[images], kh, kw, stride, padding, out_h, out_w), groups)
-        y_chunk = y[images].reshape(columns.shape[0], groups, -1, out_h * out_w)
-        np.matmul(weight_groups, columns, out=y_chunk)  # (G, O/G, K) @ (n, G, K, L)
+        if by_rows:
+            rows = _im2row(x[images], kh, kw, stride, padding, out_h, out_w)
+            y[images] = (rows @ weight_rows).reshape(-1, out_h, out_w, out_channels).transpose(
+                0, 3, 1, 2)
+        else:
+            columns = _group_columns(_im2col(x[images], kh, kw, stride, padding, out_h, out_w),
+                                     groups)
+            y_chunk = y[images].reshape(columns.shape[0], groups, -1, out_h * out_w)
+            np.matmul(weight_groups, columns, out=y_chunk)  # (G, O/G, K) @ (n, G, K, L)
         if moments is not None:
             norm.plane_moments_of_images(planes(y[images]), moments[images])
 
@@ -174,6 +197,20 @@ def _im2col(x, kh, kw, stride, padding, out_h, out_w):
     _im2col_kernel(planes(x), width, plane_columns(width, height), stride, padding, out_w,
                    columns.reshape(batch, channels, kh, kw, out_h * out_w))
     return columns
+
+
+def _im2row(x, kh, kw, stride, padding, out_h, out_w):
+    """rows (N * Ho * Wo, kh * kw * C), one row per output pixel (n, Y, X), its entries in the
+    order (i, j, c): rows[(n, Y, X), (i, j, c)] = xpad[n, c, Y*s + i, X*s + j]. x is copied
+    once, channels last and padded; the rows are then a window view of that copy, copied.
+    A window's kw * C values for one i are one contiguous run of the channels-last copy."""
+    batch, channels, height, width = x.shape
+    padded = np.zeros((batch, height + 2 * padding, width + 2 * padding, channels), x.dtype)
+    padded[:, padding:padding + height, padding:padding + width] = x.transpose(0, 2, 3, 1)
+    image, row, column, channel = padded.strides
+    windows = as_strided(padded, (batch, out_h, out_w, kh, kw * channels),
+                         (image, stride * row, stride * column, row, channel), writeable=False)
+    return np.ascontiguousarray(windows).reshape(batch * out_h * out_w, -1)
 
 
 def _col2im(grad_columns, stride, padding, grad_x):
