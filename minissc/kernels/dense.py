@@ -1,4 +1,4 @@
-"""Dense 2-D convolution as im2col + matrix product (BLAS), with its backward.
+"""Dense 2-D convolution as im2col (or im2row) + matrix product (BLAS), with its backward.
 
 Shapes and semantics are PyTorch's: x (N, C, H, W), weight (O, C/groups, kh, kw), zero
 padding p on every side, stride s, output y (N, O, Ho, Wo) with Ho = (H + 2p - kh) // s + 1
