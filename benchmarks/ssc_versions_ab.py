@@ -105,7 +105,7 @@ def compare_steps(revision: str, rounds: int, model: str, steps: int = 8) -> Non
                              str(steps)],
                             env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
                             capture_output=True, text=True).stdout.split()[-1]))
-                report(f"{model} {width} step, fresh processes".replace("  ", " "), times)
+                report(" ".join(filter(None, (model, width, "step, fresh processes"))), times)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=root,
                            check=True)

@@ -317,11 +317,15 @@ def layout(config):
     return config["stride"], config["padding"], config["groups"]
 
 
+@pytest.mark.parametrize("rows_min_channels", [dense.ROWS_MIN_CHANNELS, 1])
 @settings(max_examples=100)
 @given(conv_configs(), seeds, dtypes)
-def test_conv2d_forward_matches_brute_force(config, seed, dtype):
+def test_conv2d_forward_matches_brute_force(rows_min_channels, config, seed, dtype):
+    """With rows_min_channels 1, the forward by `_im2row` on every layout with one group."""
     x, weight, _ = conv_problem(config, seed, dtype)
-    y = dense.conv2d_forward(x, weight, *layout(config))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dense, "ROWS_MIN_CHANNELS", rows_min_channels)
+        y = dense.conv2d_forward(x, weight, *layout(config))
     assert y.dtype == dtype and y.flags.c_contiguous
     expected = brute_force_conv2d(x.astype(np.float64), weight.astype(np.float64),
                                   *layout(config))
@@ -377,19 +381,6 @@ def test_im2row_holds_the_im2col_columns_as_rows(config, seed, dtype):
     np.testing.assert_array_equal(dense._im2row(x, *args),
                                   columns.transpose(0, 4, 5, 2, 3, 1).reshape(
                                       -1, np.prod(columns_shape[1:4])))
-
-
-@settings(max_examples=100)
-@given(conv_configs(), seeds, dtypes)
-def test_conv2d_forward_by_rows_matches_brute_force(config, seed, dtype):
-    """The forward by `_im2row` on every layout, not only on ROWS_MIN_CHANNELS channels."""
-    x, weight, _ = conv_problem(config, seed, dtype)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dense, "ROWS_MIN_CHANNELS", 1)
-        y = dense.conv2d_forward(x, weight, *layout(config))
-    expected = brute_force_conv2d(x.astype(np.float64), weight.astype(np.float64),
-                                  *layout(config))
-    assert_close(y, expected, ORACLE_TOLERANCE[dtype])
 
 
 def test_conv2d_of_an_empty_batch_is_empty():

@@ -73,7 +73,8 @@ def conv2d_forward(x, weight, stride, padding, groups, moments=None):
     y = np.empty((batch, out_channels, out_h, out_w), x.dtype)
     by_rows = (groups == 1 and channels >= ROWS_MIN_CHANNELS
                and not (kh == kw == 1 and padding == 0))
-    weight_rows = weight.transpose(2, 3, 1, 0).reshape(-1, out_channels)  # (K, O), see _im2row
+    # (K, O), K in _im2row's order (i, j, c): a copy of the weights, so only when used
+    weight_rows = weight.transpose(2, 3, 1, 0).reshape(-1, out_channels) if by_rows else None
 
     def forward_chunk(images):
         if by_rows:
