@@ -72,7 +72,7 @@ def _shift_kernel(x, row_offsets, col_offsets, width, columns, out):
 def shift_forward(x, kernel_size, group_size):
     """Shift every channel j of x by its offset: out[n, j, y, x] = x[n, j, y + dy_j, x + dx_j]."""
     dy, dx = shift_offsets(x.shape[1], kernel_size, group_size)
-    out = np.empty_like(x)
+    out = np.empty(x.shape, x.dtype)
     _shift_kernel(planes(x), dy, dx, x.shape[3], plane_columns(x.shape[3], x.shape[2]), planes(out))
     return out
 
@@ -86,7 +86,7 @@ def shift_backward(grad_out, kernel_size, group_size):
     a shift by the negated offsets.
     """
     dy, dx = shift_offsets(grad_out.shape[1], kernel_size, group_size)
-    grad_x = np.empty_like(grad_out)
+    grad_x = np.empty(grad_out.shape, grad_out.dtype)
     _shift_kernel(planes(grad_out), -dy, -dx, grad_out.shape[3],
                   plane_columns(grad_out.shape[3], grad_out.shape[2]), planes(grad_x))
     return grad_x
@@ -204,15 +204,18 @@ def _shift_margin(row_offsets, col_offsets, width):
     return margin
 
 
-def shift_masks(row_offsets, col_offsets, height, width, dtype):
+def shift_masks(row_offsets, col_offsets, height, width, dtype, stride=1):
     """masks[i, k] = 1 where position k of a flat plane, moved by (row_offsets[i],
-    col_offsets[i]), lies inside the image, row and column; else 0. In x's dtype, so that a
-    kernel's select on it runs in the lanes of its values. The backward kernels read, for
-    input j, the output j - off_i: their masks are those of the negated offsets."""
+    col_offsets[i]), lies inside the image, row and column, and on the stride grid (row and
+    column multiples of `stride`); else 0. In x's dtype, so that a kernel's select on it runs
+    in the lanes of its values. The backward kernels read, for input j, the output j - off_i:
+    their masks are those of the negated offsets, and with stride s > 1 the inputs whose
+    j - off_i is off the grid of (sY, sX) feed no output."""
     rows = np.arange(height)[None, :, None] + row_offsets[:, None, None]
     cols = np.arange(width)[None, None, :] + col_offsets[:, None, None]
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    return inside.reshape(len(row_offsets), height * width).astype(dtype)
+    on_grid = (rows % stride == 0) & (cols % stride == 0)
+    return (inside & on_grid).reshape(len(row_offsets), height * width).astype(dtype)
 
 
 @njit(cache=True, parallel=True)
@@ -341,9 +344,10 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
     position (sY, sX) and the other entries stay 0, which is the gradient of a stride-1 layer
     whose outputs off the stride grid nobody reads; the loops then run as with stride 1,
     vectorised, over s^2 times as many values as the terms need. They replaced a row-by-row
-    kernel with strided indices, which LLVM left scalar, and a zeroing pass over grad_x. A
-    non-finite input off the grid then gives NaN weight gradients (0 * inf) where the exact
-    sum skips it.
+    kernel with strided indices, which LLVM left scalar, and a zeroing pass over grad_x. The
+    masks are 0 off the grid too (`shift_masks` with the stride), and the weight sums select
+    each product once it is taken, so that a non-finite input that no output reads adds 0,
+    not 0 * inf = NaN, as in the exact sum.
 
     The weight sum runs in a loop of its own, which stores nothing: in the grad_x loop LLVM
     vectorised it behind a run-time check that the arrays do not overlap, a check that
@@ -384,9 +388,9 @@ def _flat_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, stride, i
                     _add_masked_upstream(upstream_plane, mask, w, adds, grad_x_plane)
                     weight_sum = zero
                     for j in range(plane_size):  # no store: always the same vector loop
-                        upstream = upstream_plane[j]
-                        upstream = upstream if mask[j] != zero else zero
-                        weight_sum += upstream * _normalised_value(x_plane[j], channel_norm, zero)
+                        term = upstream_plane[j] * _normalised_value(x_plane[j], channel_norm,
+                                                                     zero)
+                        weight_sum += term if mask[j] != zero else zero  # (0 * inf is NaN)
                     grad_weight_partials[chunk, o, i] += weight_sum
                 if input_norm[0].size and (o + 1) % outputs_per_group == 0:  # group done
                     for i in range(group_size):
@@ -782,10 +786,9 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
                                 grad_x_plane[j] += w * (grad if mask[j] != zero else zero)
                             weight_sum = zero
                             for j in range(plane_size):  # no store, as in `_flat_backward_kernel`
-                                grad = grad_y_plane[j]
-                                grad = grad if mask[j] != zero else zero
-                                weight_sum += grad * _normalised_value(plane[j], channel_norm,
-                                                                       zero)
+                                term = grad_y_plane[j] * _normalised_value(plane[j], channel_norm,
+                                                                           zero)
+                                weight_sum += term if mask[j] != zero else zero
                             grad_weight_partials[chunk, o, i] += weight_sum
                         if has_input_norm:
                             _input_norm_grad_sums(grad_x_plane, plane, channel, input_norm,
@@ -899,12 +902,12 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
         kernel_output_norm = planes(y), rules, bn_bias
     elif output_norm is not None:
         grad_y = norm.batch_norm_relu_input_grad(grad_y, *output_norm)[0]
-    grad_x = np.empty_like(x) if input_grad or group_kernel else np.empty((0, 0, 0, 0), x.dtype)
+    grad_x = np.empty(x.shape if input_grad or group_kernel else (0, 0, 0, 0), x.dtype)
     grad_weight_partials = np.zeros((min(batch, WEIGHT_GRAD_CHUNKS),) + weight.shape, np.float64)
     input_channels = shuffled_channels(channels, shuffle_groups)
     norm_sums = np.zeros((batch if input_norm else 0, channels, 2))
     kernel_input_norm = input_norm or _no_input_norm(x.dtype)
-    masks = shift_masks(-row_offsets, -col_offsets, height, width, x.dtype)
+    masks = shift_masks(-row_offsets, -col_offsets, height, width, x.dtype, stride)
     if group_kernel:
         _group_backward_kernel(planes(x), weight, planes(grad_y), row_offsets, col_offsets,
                                input_channels, kernel_input_norm, kernel_output_norm,
