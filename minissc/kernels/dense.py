@@ -124,7 +124,7 @@ def conv2d_backward(x, weight, grad_y, stride, padding, groups):
     out_h, out_w = grad_y.shape[2:]
     images_per_chunk = _images_per_backward_chunk(grad_y.shape, x.dtype)
     weight_groups_transposed = _group_matrices(weight, groups).transpose(0, 2, 1)
-    grad_x = np.empty_like(x)
+    grad_x = np.empty(x.shape, x.dtype)
     outputs_per_group, weights_per_output = weight.shape[0] // groups, weight[0].size
     transposed = weights_per_output > outputs_per_group  # grad_W's rows: the longer side
 

@@ -158,14 +158,14 @@ def batch_norm_forward(x, mean, inv_std, weight, bias):
     Training passes the batch statistics, eval the running ones; the caller computes
     inv_std = 1 / sqrt(var + eps).
     """
-    y = np.empty_like(x)
+    y = np.empty(x.shape, x.dtype)
     _batch_norm_forward_kernel(planes(x), mean, inv_std, weight, bias, False, planes(y))
     return y
 
 
 def batch_norm_relu_forward(x, mean, inv_std, weight, bias):
     """relu(batch_norm_forward(x, ...)) in one pass over memory."""
-    y = np.empty_like(x)
+    y = np.empty(x.shape, x.dtype)
     _batch_norm_forward_kernel(planes(x), mean, inv_std, weight, bias, True, planes(y))
     return y
 
@@ -276,7 +276,7 @@ def _batch_norm_backward(grad_y, x, mean, inv_std, weight, relu_bias, batch_stat
 def _with_input_grad(grad_y, x, mean, inv_std, weight, relu_bias, grad_weight, grad_bias,
                      batch_statistics):
     """(grad_x, grad_weight, grad_bias): the parameter gradients, and grad_x computed from them."""
-    grad_x = np.empty_like(x)
+    grad_x = np.empty(x.shape, x.dtype)
     rules = input_grad_rules(mean, inv_std, weight, grad_weight, grad_bias, batch_statistics,
                              x.size // x.shape[1])
     _batch_norm_input_grad_kernel(planes(grad_y), planes(x), rules, relu_bias, planes(grad_x))
@@ -384,8 +384,9 @@ class InputGradByImages:
 
     def __getitem__(self, images):
         grad_y, x, rules, bias = self.arguments
-        grad_x = np.empty_like(x[images])
-        _batch_norm_input_grad_images_kernel(planes(grad_y[images]), planes(x[images]), rules,
+        x_images = x[images]
+        grad_x = np.empty(x_images.shape, x.dtype)
+        _batch_norm_input_grad_images_kernel(planes(grad_y[images]), planes(x_images), rules,
                                              bias, planes(grad_x))
         return grad_x
 
@@ -469,7 +470,7 @@ def batch_norm_relu_backward_reference(grad_y, x, mean, inv_std, weight, bias, b
 
 def relu_forward(x):
     """y = max(x, 0) elementwise (NaN stays NaN, as in PyTorch)."""
-    y = np.empty_like(x)
+    y = np.empty(x.shape, x.dtype)
     _relu_forward_kernel(x.reshape(-1), y.reshape(-1))
     return y
 
@@ -508,7 +509,7 @@ def add_arrays(a, b):
 def _elementwise(kernel, a, b):
     """A new array (a's shape and dtype) filled by an elementwise kernel(a, b, out) of two
     arrays of one shape, run on their flat views."""
-    out = np.empty_like(a)
+    out = np.empty(a.shape, a.dtype)
     kernel(a.reshape(-1), b.reshape(-1), out.reshape(-1))
     return out
 
