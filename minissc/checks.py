@@ -58,6 +58,8 @@ def check_grouped_weight(x: Tensor, weight: Tensor) -> None:
     """Shared by the SSC and group point-wise ops: weight (O, G), groups = C // G."""
     check_ndim(weight, 2, "weight", "out_channels x group_size")
     channels = x.shape[1]
+    if channels < 1:
+        raise ValueError(f"x must have at least one channel, got shape {tuple(x.shape)}")
     out_channels, group_size = weight.shape
     if group_size < 1 or channels % group_size:
         raise ValueError(f"input channels ({channels}) must be divisible by the group size, "

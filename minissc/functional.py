@@ -9,6 +9,8 @@ Shapes are NCHW. Inputs may be `Tensor`s or float arrays (float32 or float64, ne
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from minissc.checks import (as_tensor, check_group_size, check_grouped_weight, check_int,
@@ -595,6 +597,11 @@ def _batch_norm_arguments(x, weight, bias, running_mean, running_var, training, 
                                  or stat.dtype.kind != "f"):
             raise ValueError(f"{name} must be a float array of shape ({channels},) updated in "
                              f"place, got {type(stat).__name__} {getattr(stat, 'shape', '')}")
+        if stat is not None and not stat.flags.writeable:
+            raise ValueError(f"{name} is read-only, but the batch norm updates it in place")
+    for name, value in (("momentum", momentum), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number, got {value!r}")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if not eps > 0:

@@ -211,11 +211,7 @@ class Conv2d(Module):
         self.bias = Parameter(_uniform(out_channels, 1 / math.sqrt(fan_in))) if bias else None
 
     def forward(self, x):
-        expected = self.weight.shape[1] * self.groups
-        shape = getattr(x, "shape", ())
-        if len(shape) == 4 and shape[1] != expected:  # e.g. channels-last images (N, H, W, C)
-            raise ValueError(f"Conv2d expects input (N, C, H, W) with C = {expected} channels, "
-                             f"got shape {tuple(shape)}")
+        _check_input_channels("Conv2d", x, self.weight.shape[1] * self.groups)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
 
     def extra_repr(self):
@@ -223,6 +219,15 @@ class Conv2d(Module):
         return (f"{in_per_group * self.groups}, {out_channels}, kernel_size={k}, "
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
                 f"bias={self.bias is not None}")
+
+
+def _check_input_channels(layer, x, channels):
+    """A layer built for `channels` input channels must not run on others: the functional
+    ops would accept a multiple of the group size, as more groups (and another layer)."""
+    shape = getattr(x, "shape", ())
+    if len(shape) == 4 and shape[1] != channels:  # e.g. channels-last images (N, H, W, C)
+        raise ValueError(f"{layer} expects input (N, C, H, W) with C = {channels} channels, "
+                         f"got shape {tuple(shape)}")
 
 
 def _check_ssc_channels(in_channels, out_channels, kernel_size, group_size):
@@ -258,7 +263,7 @@ class SSCConv2d(Module):
                  stride: int = 1, group_size: int | None = None, bias: bool = False,
                  shuffle_groups: int = 1):
         self.group_size = _check_ssc_channels(in_channels, out_channels, kernel_size, group_size)
-        self.kernel_size = kernel_size
+        self.in_channels, self.kernel_size = in_channels, kernel_size
         self.stride = check_int(stride, "stride", 1)
         self.shuffle_groups = check_int(shuffle_groups, "shuffle_groups", 1)
         if in_channels % shuffle_groups:
@@ -268,6 +273,7 @@ class SSCConv2d(Module):
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
 
     def forward(self, x, input_norm: BatchNormReLU2d | None = None):
+        _check_input_channels("SSCConv2d", x, self.in_channels)
         if input_norm is None:
             out = F.ssc_conv2d(x, self.weight, self.kernel_size, self.stride,
                                shuffle_groups=self.shuffle_groups)
@@ -288,7 +294,7 @@ class SSCConv2d(Module):
 
     def extra_repr(self):
         out_channels, group_size = self.weight.shape
-        return (f"out_channels={out_channels}, kernel_size={self.kernel_size}, "
+        return (f"{self.in_channels}, {out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, group_size={group_size}, bias={self.bias is not None}"
                 + (f", shuffle_groups={self.shuffle_groups}" if self.shuffle_groups > 1 else ""))
 
@@ -320,16 +326,18 @@ class GroupPointwiseConv2d(Module):
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
                              f"must be divisible by groups ({groups})")
         self.stride = check_int(stride, "stride", 1)
-        group_size = in_channels // groups
+        self.in_channels, group_size = in_channels, in_channels // groups
         self.weight = Parameter(_kaiming_normal((out_channels, group_size), group_size))
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
 
     def forward(self, x):
+        _check_input_channels("GroupPointwiseConv2d", x, self.in_channels)
         return _add_channel_bias(F.group_pointwise_conv2d(x, self.weight, self.stride), self.bias)
 
     def extra_repr(self):
         out_channels, group_size = self.weight.shape
-        return (f"out_channels={out_channels}, group_size={group_size}, stride={self.stride}, "
+        return (f"{self.in_channels}, {out_channels}, group_size={group_size}, "
+                f"stride={self.stride}, "
                 f"bias={self.bias is not None}")
 
 

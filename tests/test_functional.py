@@ -417,6 +417,8 @@ def test_empty_batch_and_non_contiguous_input():
 
 X = np.zeros((2, 18, 6, 6), np.float32)
 W = np.zeros((4, 9), np.float32)
+READ_ONLY = np.zeros(18, np.float32)
+READ_ONLY.flags.writeable = False
 BAD_CALLS = [
     ("3-D input", lambda: F.ssc_conv2d(X[0], W), ValueError, r"x must have 4 dimensions.*\(18, 6, 6\)"),
     ("channels not divisible", lambda: F.ssc_conv2d(X[:, :16], W), ValueError, r"input channels \(16\).*9"),
@@ -436,6 +438,9 @@ BAD_CALLS = [
     ("conv weight shape", lambda: F.conv2d(X, np.zeros((4, 5, 3, 3), np.float32)), ValueError, r"x has 18 channels but weight of shape \(4, 5, 3, 3\) expects 5"),
     ("bn weight shape", lambda: F.batch_norm2d(X, np.ones(3, np.float32)), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
     ("bn one value per channel", lambda: F.batch_norm2d(X[:1, :, :1, :1]), ValueError, r"more than one value per channel"),
+    ("bn momentum not a number", lambda: F.batch_norm2d(X, momentum="a"), TypeError, r"momentum must be a number, got 'a'"),
+    ("bn read-only statistics", lambda: F.batch_norm2d(X, None, None, READ_ONLY, np.ones(18, np.float32)), ValueError, r"running_mean is read-only"),
+    ("no channels", lambda: F.ssc_conv2d(X[:, :0], W), ValueError, r"x must have at least one channel, got shape \(2, 0, 6, 6\)"),
     ("label out of range", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 3])), ValueError, r"labels must be in \[0, 3\), got 3"),
     ("negative label", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([-1, 0])), ValueError, r"got -1"),
     ("float labels", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([0.0, 1.0])), TypeError, r"labels must be integer"),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minissc import manual_seed, models, no_grad
-from minissc.nn import BatchNorm2d, SSCConv2d
+from minissc.nn import BatchNorm2d, GroupPointwiseConv2d, SSCConv2d
 from minissc.summary import format_summary, summarize, summary_text
 from minissc.tensor import Tensor
 
@@ -133,6 +133,11 @@ def test_unknown_name_lists_valid_names_and_suggests_one():
     (lambda: models.SSCBlock(16, 16, r=3), ValueError, r"r \(3\) must divide"),
     (lambda: SSCConv2d(18, 18)(np.zeros((1, 18, 4, 4), np.float32), input_norm=BatchNorm2d(18)),
      TypeError, "input_norm must be a BatchNormReLU2d or None, got BatchNorm2d"),
+    # two groups of 9 channels would run, as another layer: the weight would mean other sums
+    (lambda: SSCConv2d(9, 4)(np.zeros((1, 18, 4, 4), np.float32)), ValueError,
+     r"SSCConv2d expects input \(N, C, H, W\) with C = 9 channels, got shape \(1, 18, 4, 4\)"),
+    (lambda: GroupPointwiseConv2d(9, 4)(np.zeros((1, 18, 4, 4), np.float32)), ValueError,
+     r"GroupPointwiseConv2d expects .* C = 9 channels, got shape \(1, 18, 4, 4\)"),
 ])
 def test_bad_options_raise_errors_naming_them(call, error, pattern):
     with pytest.raises(error, match=pattern):
