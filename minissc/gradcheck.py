@@ -18,16 +18,15 @@ def numerical_gradient(loss, array: np.ndarray, eps: float = 1e-6) -> np.ndarray
 
     `array` is perturbed in place, one element at a time, and restored.
     """
-    grad = np.zeros_like(array)
-    flat, flat_grad = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        original = flat[i]
-        flat[i] = original + eps
+    grad = np.zeros(array.shape, array.dtype)
+    for index in np.ndindex(array.shape):  # indexes `array` itself, whatever its memory layout
+        original = array[index]
+        array[index] = original + eps
         loss_plus = loss()
-        flat[i] = original - eps
+        array[index] = original - eps
         loss_minus = loss()
-        flat[i] = original
-        flat_grad[i] = (loss_plus - loss_minus) / (2 * eps)
+        array[index] = original
+        grad[index] = (loss_plus - loss_minus) / (2 * eps)
     return grad
 
 
