@@ -11,15 +11,18 @@ def ssc_configs(draw, max_batch=3, max_side=9, kernel_sizes=(1, 3, 5), strides=(
 
     C = groups * G, O = groups * r, so C is divisible by G and O by the number of groups.
     r reaches past 9, so the group backward kernel's pass of nine outputs is met partly
-    filled, full, and followed by the outputs it takes one by one."""
+    filled, full, and followed by the outputs it takes one by one. chunks (1 to n) is a
+    number of weight-gradient chunks for the batch (see `weight_grad_chunks` in
+    test_ssc_kernels.py), so that chunks of several samples are met too."""
     k = draw(st.sampled_from(kernel_sizes))
     group_size = draw(st.integers(1, k * k))
     groups = draw(st.integers(1, 3))
     outputs_per_group = draw(st.integers(1, 12))
-    return dict(n=draw(st.integers(1, max_batch)), c=groups * group_size,
-                o=groups * outputs_per_group, h=draw(st.integers(1, max_side)),
-                w=draw(st.integers(1, max_side)), k=k, g=group_size,
-                stride=draw(st.sampled_from(strides)), groups=groups)
+    n = draw(st.integers(1, max_batch))
+    return dict(n=n, c=groups * group_size, o=groups * outputs_per_group,
+                h=draw(st.integers(1, max_side)), w=draw(st.integers(1, max_side)), k=k,
+                g=group_size, stride=draw(st.sampled_from(strides)), groups=groups,
+                chunks=draw(st.integers(1, n)))
 
 
 def arrays(seed, shape, dtype=np.float64, scale=1.0):

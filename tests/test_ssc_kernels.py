@@ -3,6 +3,7 @@
 dense sparse-kernel convolution, and the oracle itself against brute force and finite
 differences."""
 import contextlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -42,6 +43,13 @@ def stride_1_kernel(name):
         yield
     finally:
         ssc.GROUP_KERNEL_MIN_OUTPUTS = saved
+
+
+def weight_grad_chunks(config):
+    """Sum the weight gradient over the config's number of chunks of consecutive samples
+    (`ssc.WEIGHT_GRAD_CHUNKS`, which caps them at the batch size): with fewer chunks than
+    samples, the group backward takes a chunk's samples two at a time, with a partner."""
+    return mock.patch.object(ssc, "WEIGHT_GRAD_CHUNKS", config["chunks"])
 
 
 def ssc_problem(config, seed, dtype):
@@ -86,7 +94,7 @@ def test_shift_matches_reference(config, seed, dtype):
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
 def test_group_pointwise_matches_reference(kernel, config, seed, dtype):
-    with stride_1_kernel(kernel):
+    with stride_1_kernel(kernel), weight_grad_chunks(config):
         x, weight, grad_y = ssc_problem(config, seed, dtype)
         stride, tolerance = config["stride"], TWIN_TOLERANCE[dtype]
         y = ssc.group_pointwise_forward(x, weight, stride)
@@ -104,7 +112,7 @@ def test_group_pointwise_matches_reference(kernel, config, seed, dtype):
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
 def test_ssc_matches_reference(kernel, config, seed, dtype):
-    with stride_1_kernel(kernel):
+    with stride_1_kernel(kernel), weight_grad_chunks(config):
         x, weight, grad_y = ssc_problem(config, seed, dtype)
         k, stride, tolerance = config["k"], config["stride"], TWIN_TOLERANCE[dtype]
         y = ssc.ssc_forward(x, weight, k, stride)
@@ -133,7 +141,7 @@ def test_input_norm_equals_the_kernels_on_the_stored_activation(kernel, config, 
     included (its grad_x is the gradient with respect to a); and it equals its NumPy twin."""
     divisors = [d for d in range(1, config["c"] + 1) if config["c"] % d == 0]
     shuffle_groups = data.draw(st.sampled_from(divisors))
-    with stride_1_kernel(kernel):
+    with stride_1_kernel(kernel), weight_grad_chunks(config):
         x, weight, grad_y = ssc_problem(config, seed, dtype)
         mean, scale, bias = input_norm = input_norm_problem(config["c"], seed + 3, dtype)
         activation = norm.batch_norm_relu_forward(x, mean, np.ones_like(scale), scale, bias)
@@ -179,7 +187,7 @@ def test_output_norm_equals_the_batch_norm_pass_then_the_kernels(kernel, config,
     (output_norm) computes, to the bit, what the batch norm + ReLU's grad_x pass followed by
     the same backward computes; and it equals its NumPy twin. The group kernels fold the pass
     into their reads, the flat kernels run it first: both are checked."""
-    with stride_1_kernel(kernel):
+    with stride_1_kernel(kernel), weight_grad_chunks(config):
         x, weight, grad_a = ssc_problem(config, seed, dtype)
         input_norm = input_norm_problem(config["c"], seed + 3, dtype) if with_input_norm else None
         y = ssc.ssc_forward(x, weight, config["k"], 1, input_norm=input_norm)
@@ -233,15 +241,17 @@ def test_upstream_from_the_next_layer_equals_that_layers_input_grad(config, seed
         output_norm = (y, mean, inv_std, bn_weight, bn_bias, *sums, data.draw(st.booleans()))
     assert ssc.folds_next_layer(config["c"], weight, 1, next_weight, next_layer[1])
 
-    next_grads = ssc.ssc_backward(y, next_weight, next_grad, *next_layer)
-    without_grad_x = ssc.ssc_backward(y, next_weight, next_grad, *next_layer, input_grad=False)
+    upstream = ssc.NextLayerInputGrad(next_grad, next_weight, *next_layer)
+    with weight_grad_chunks(config):
+        next_grads = ssc.ssc_backward(y, next_weight, next_grad, *next_layer)
+        without_grad_x = ssc.ssc_backward(y, next_weight, next_grad, *next_layer,
+                                          input_grad=False)
+        grads = ssc.ssc_backward(x, weight, upstream, k, 1, input_norm=input_norm,
+                                 output_norm=output_norm)
+        expected = ssc.ssc_backward(x, weight, next_grads[0], k, 1, input_norm=input_norm,
+                                    output_norm=output_norm)
     assert without_grad_x[0] is None
     np.testing.assert_array_equal(without_grad_x[1], next_grads[1])
-    upstream = ssc.NextLayerInputGrad(next_grad, next_weight, *next_layer)
-    grads = ssc.ssc_backward(x, weight, upstream, k, 1, input_norm=input_norm,
-                             output_norm=output_norm)
-    expected = ssc.ssc_backward(x, weight, next_grads[0], k, 1, input_norm=input_norm,
-                                output_norm=output_norm)
     assert len(grads) == len(expected)
     for actual, wanted in zip(grads, expected):
         np.testing.assert_array_equal(actual, wanted)
@@ -296,7 +306,7 @@ def check_against_dense_oracle(x, weight, grad_y, kernel_size, stride):
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
 def test_ssc_matches_dense_oracle(kernel, config, seed, dtype):
-    with stride_1_kernel(kernel):
+    with stride_1_kernel(kernel), weight_grad_chunks(config):
         x, weight, grad_y = ssc_problem(config, seed, dtype)
         check_against_dense_oracle(x, weight, grad_y, config["k"], config["stride"])
 
@@ -381,6 +391,44 @@ def test_empty_batch(dtype):
         assert grad_x.shape == x.shape and grad_x.dtype == dtype
         assert grad_weight.dtype == dtype
         np.testing.assert_array_equal(grad_weight, np.zeros((4, 9)))
+
+
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("outputs_per_group", [1, 9, 10])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_an_infinite_input_that_no_output_reads_leaves_the_gradients_finite(
+        kernel, outputs_per_group, stride):
+    """Channel 0 reads x[y - 1, x - 1] (position 0 of the 3 x 3 grid), so on a 5 x 5 plane no
+    output reads its pixel (4, 4), at stride 1 or 2: an inf there must add nothing (the
+    exact sums skip it), not 0 * inf = NaN. Outputs past nine take the group backward's
+    one-by-one loop; stride 2 runs the flat kernel on the upsampled upstream."""
+    x, weight = arrays(1, (3, 9, 5, 5)), arrays(2, (outputs_per_group, 9))
+    x[1, 0, 4, 4] = np.inf
+    side = ssc.output_size(5, stride)
+    grad_y = arrays(3, (3, outputs_per_group, side, side))
+    with stride_1_kernel(kernel):
+        y = ssc.ssc_forward(x, weight, 3, stride)
+        grads = ssc.ssc_backward(x, weight, grad_y, 3, stride)
+    assert np.isfinite(y).all() and all(np.isfinite(grad).all() for grad in grads)
+    twins = ssc.ssc_backward_reference(x, weight, grad_y, 3, stride)
+    for actual, expected in zip(grads, twins):
+        assert_close(actual, expected, TWIN_TOLERANCE[np.float64])
+
+
+@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+def test_non_contiguous_arrays_give_what_their_contiguous_copies_give(kernel):
+    """The kernels' outputs are new C-contiguous arrays, whatever the inputs' layout: an output
+    allocated like a transposed input would be filled through a copy and lost."""
+    x = arrays(1, (2, 9, 6, 5)).transpose(0, 1, 3, 2)  # (2, 9, 5, 6), not C-contiguous
+    weight, grad_y = arrays(2, (18, 9)).T.copy().T, arrays(3, (2, 18, 6, 5)).transpose(0, 1, 3, 2)
+    assert not (x.flags.c_contiguous or weight.flags.c_contiguous or grad_y.flags.c_contiguous)
+    contiguous = [np.ascontiguousarray(array) for array in (x, weight, grad_y)]
+    with stride_1_kernel(kernel):
+        for call in (lambda x, w, g: [ssc.shift_forward(x, 3, 9), ssc.shift_backward(x, 3, 9)],
+                     lambda x, w, g: [ssc.ssc_forward(x, w, 3, 1), *ssc.ssc_backward(x, w, g, 3, 1)],
+                     lambda x, w, g: ssc.group_pointwise_backward(x, w, g, 1)):
+            for actual, expected in zip(call(x, weight, grad_y), call(*contiguous)):
+                np.testing.assert_array_equal(actual, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
