@@ -101,9 +101,11 @@ class SSCBlock(Module):
       -> channel shuffle (m / 9 groups)
       -> SSC2 (m -> c_out, G=9, stride s) -> BN -> + shortcut(x) -> ReLU
 
-    with m = 9 c_out / r. SSC1 keeps each group of 9 channels apart; the shuffle then deals
-    channel j of every SSC1 group into SSC2 group j, so for r = 1 each SSC2 output sees one
-    channel from each of 9 SSC1 groups, each at a different kernel position. The shuffle is a
+    with m = 9 c_out / r. SSC1 keeps each group of 9 channels apart; the shuffle then
+    interleaves the groups (shuffled channel j * m / 9 + b is channel j of SSC1 group b, see
+    `minissc.kernels.ssc.shuffled_channels`), and SSC2 group j reads shuffled channels 9j to
+    9j + 8, so for r = 1 each SSC2 output sees one channel from each of 9 SSC1 groups, each
+    at a different kernel position. The shuffle is a
     pure permutation, so SSC2 performs it while reading its input (``shuffle_groups``):
     the same function without a shuffled copy of the widest tensor of the block. Likewise each
     SSC layer applies the BN + ReLU in front of it as it reads its input (``input_norm``), so

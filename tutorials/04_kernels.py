@@ -137,7 +137,7 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   the group's upstream planes into a block with zero margins, so that each loop runs over
 #   a whole plane (a multiple of the vector width) instead of over a run that ends in a
 #   scalar remainder. `ssc_forward` picks this
-#   pair when a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs
+#   pair for stride 1 when a group has at least `GROUP_KERNEL_MIN_OUTPUTS` outputs
 #   (`benchmarks/ssc_kernel_ab.py` compares the two pairs).
 
 # %%
@@ -196,7 +196,9 @@ methods = {  # (pass, method): function
 # kernels use `@njit(cache=True)`, so the machine code is also saved next to the source
 # (`minissc/kernels/__pycache__`) and later processes only load it. The first call of each
 # method below therefore costs a compile (the very first run after installing or editing
-# minissc) or a cache load, plus the first touch of freshly allocated memory.
+# minissc) or a cache load, plus the first touch of freshly allocated memory, unless an
+# earlier cell already ran its kernel: the plain-loops check above ran the fused forward,
+# and `shifted` the shift kernel, so the forward rows can say "already warm".
 
 # %%
 numba_kernels = (ssc._shift_kernel, ssc._flat_forward_kernel, ssc._flat_backward_kernel,
@@ -217,7 +219,7 @@ for (pass_name, method), function in methods.items():
     first_call[pass_name, method] = time.perf_counter() - start
     new_hits, new_misses = cache_counts()
     note = ("compiled" if new_misses > misses else "loaded from the cache" if new_hits > hits
-            else "already warm (same kernel as the pair)" if "Numba" in method
+            else "already warm (its kernels ran before)" if "Numba" in method
             else "(no Numba)")
     print(f"{pass_name:9s}{method:22s}{1000 * first_call[pass_name, method]:9.1f} ms   {note}")
 
@@ -407,11 +409,12 @@ save(figure, "04_fusion.png")
 # In an SSC module each SSC layer reads a = relu(batch_norm(x)), and a is the widest tensor
 # of the block. Stored, it costs the batch norm a write of A bytes and the SSC a read of A,
 # and the backward pass must keep it. `F.batch_norm_relu_ssc_conv2d` (what
-# `ssc(x, input_norm=bn)` calls) instead hands the kernels (mean, scale, bias) per channel,
+# `layer(x, input_norm=bn)` calls, `layer` an `nn.SSCConv2d`) instead hands the kernels (mean, scale, bias) per channel,
 # and they compute a = relu((x - mean) * scale + bias) as they load x, with the batch norm
 # kernel's own rounding (`_normalised`), so a never exists and the result is the same to the
-# bit. The batch statistics still need one read of x first: the forward moves 2X + Y
-# instead of 3X + Y + (2A - X) with A = X.
+# bit. The batch statistics still need one read of x first: the forward moves 2X + Y (the
+# statistics read X, the SSC reads X and writes Y) instead of 4X + Y (the statistics read
+# X, the batch norm + ReLU reads X and writes A = X, the SSC reads A and writes Y).
 #
 # The backward pass follows from the chain rule through a. With g = da * [a > 0]:
 #
@@ -472,7 +475,9 @@ compare_and_time(bn_relu_ssc, "fused op == the pair",
 # da2 itself need not be stored either. SSC2 is linear in its input, so its input gradient
 # depends only on its weight and its upstream gradient: with one output per group (or a few)
 # each plane of da2 is one or a few weighted, shifted copies of the small upstream planes,
-# da2[n, c] = W2[o, i] * shift(grad_y[n, o]). So SSC2's backward skips writing it
+# da2[n, c] = W2[o, i] * shift^-1(grad_y[n, o]): the inverse shift of section 1 of tutorial
+# 3, grad_y first spread onto the input's grid when the stride is 2 (c the channel before
+# the shuffle). So SSC2's backward skips writing it
 # (``input_grad=False``) and SSC1's kernel recomputes each plane as it reads it, from
 # grad_y (`ssc.NextLayerInputGrad`), with the same products summed in the same order.
 # `F.batch_norm_relu_ssc_pair` is the two layers as one op with this backward; an SSC

@@ -234,6 +234,9 @@ for title, table, keys in (("by stage", by_stage, STAGES), ("by kind of layer", 
 #   and two 1x1 convolutions around a width of e * c_out.
 # * MACs follow the resolution: stage 1 runs at 32x32, so a layer there costs 4x the MACs of
 #   the same layer in stage 2 and 16x in stage 3, while the parameters grow with the width.
+#   A stage's row counts its first block whole, and in an SSC module the stride sits in SSC2:
+#   the first block of stage 2 runs its 1x1 convolution and SSC1 at 32x32, which is why
+#   sscresnet20's stage 2 has more MACs than its stage 1.
 
 # %%
 colors = {stage: color for stage, color in zip(STAGES, ("0.55", "C0", "C1", "C2", "C4"))}

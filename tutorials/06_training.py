@@ -272,6 +272,8 @@ commands = [f"minissc train --model {model}"
 commands.append("minissc plot " + " ".join(f"runs/{model}" for model, _ in models_to_train)
                 + " --out runs/curves.png")
 print("\n".join(commands))
+if QUICK:
+    print("(quick mode: --data-dir is the throw-away synthetic set, deleted at the end)")
 
 # %% [markdown]
 # A longer run on all 50,000 images, e.g. 30 epochs of the one-cycle schedule, drops
@@ -287,8 +289,10 @@ print("\n".join(commands))
 # continues it from its last checkpoint. At the speeds measured above, on this machine:
 
 # %%
+if QUICK:  # tiny runs: their speeds are mostly Numba's compile and start-up
+    print("quick mode: no estimate; a full run measures the speeds it uses here")
 for model, summary in summaries.items():
-    if summary["images_per_second"]:
+    if summary["images_per_second"] and not QUICK:
         hours = 50_000 * 164 / summary["images_per_second"] / 3600
         print(f"{model:15s} {summary['images_per_second']:5.0f} images/s -> 164 epochs of "
               f"50,000 images take about {hours:.0f} hours of training")
