@@ -32,6 +32,8 @@ def check_writable_folder(folder: str, option: str) -> None:
 
     `option` names the setting that gave the folder (e.g. ``"--out"``) in the message.
     """
+    if not folder:
+        raise ValueError(f"{option} must name a folder, got an empty string")
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -134,8 +136,8 @@ def load_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict]:
             arrays = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as error:
         raise CheckpointError(f"checkpoint {path} is truncated, corrupt or not a minissc "
-                              f"checkpoint ({error}); use an earlier one or start "
-                              f"again") from None
+                              f"checkpoint ({error}); it cannot be loaded: train "
+                              f"the run again") from None
     if _META_KEY not in arrays:
         raise CheckpointError(f"checkpoint {path} has no metadata: not written by minissc")
     try:

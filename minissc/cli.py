@@ -110,7 +110,9 @@ def _run(args) -> None:
                         time_limit_minutes=args.time_limit, progress=not args.no_progress,
                         download=not args.no_download, verify_md5=not args.no_verify,
                         train_eval_images=args.train_eval)
-        print(f"{summary['model']}: best test accuracy {100 * summary['best_test_acc']:.2f}%, "
+        best = summary["best_test_acc"]
+        print(f"{summary['model']}: best test accuracy "
+              f"{'(no complete epoch)' if best is None else f'{100 * best:.2f}%'}, "
               f"last {100 * summary['last_test_acc']:.2f}% after {summary['epochs_completed']} "
               f"complete epoch(s), {summary['images_per_second']:.0f} img/s "
               f"({summary['train_seconds'] / 60:.1f} min); run folder {args.out}")
@@ -151,6 +153,9 @@ def main(argv=None) -> int:
         print("minissc: interrupted; a run keeps its last checkpoint: continue it with the "
               "same command and --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `minissc summary ... | head`: the reader left; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
+        return 1
     except (ValueError, TypeError, KeyError, OSError, TrainingDiverged) as error:
         if os.environ.get("MINISSC_DEBUG"):
             raise

@@ -4,8 +4,8 @@ A run lives in one folder:
   config.json     the configuration (what `--resume` must match)
   metrics.csv/.json  one row per epoch: lr, train/test loss and accuracy, time, images/s
   checkpoint.npz  model, optimiser and progress after the last complete epoch, or after the
-                  step at which Ctrl-C stopped the run
-  best.npz        the model weights of the epoch with the best test accuracy
+                  step at which Ctrl-C or the time limit stopped the run
+  best.npz        the model weights of the complete epoch with the best test accuracy
   summary.json    best and last test accuracy, parameters, MACs, wall time, images/s (and,
                   with train_eval_images, the train accuracy in eval mode after training)
 
@@ -19,9 +19,10 @@ Reliability: every setting, the run folder, the data and the checkpoint to resum
 checked before anything is written. Every file of the run folder is written atomically (see
 `minissc.checkpoint`), so a kill at any moment keeps the last good checkpoint. The first
 Ctrl-C (SIGINT) stops the run after the current step and saves it (`TrainingInterrupted`); a
-second one stops at once, keeping the last checkpoint. A NaN or infinite loss, or weights that
-became NaN or infinite, stop the run before they are saved (`TrainingDiverged`); ``--resume``
-may change the learning rate, and only it, to continue from the last good checkpoint.
+second one stops at once, keeping the last checkpoint. A NaN or infinite training or test
+loss, or weights that became NaN or infinite, stop the run before they are saved
+(`TrainingDiverged`); ``--resume`` may change the learning rate, and only it, to continue
+from the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -96,6 +97,12 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of "
                              f"{', '.join(SCHEDULES)}")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) applies to the cosine "
+                             f"schedule only, not to {self.schedule!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the "
+                             f"run's {self.epochs} epochs")
         if self.dataset not in data.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of "
                              f"{', '.join(data.DATASETS)}")
@@ -129,6 +136,9 @@ def load_split(config: TrainConfig, data_dir: str, download: bool = True,
         train_images, train_labels = train_images[keep], train_labels[keep]
     test_images, test_labels = cifar.test_images, cifar.test_labels
     if config.test_subset is not None:
+        if config.test_subset > len(test_labels):
+            raise ValueError(f"test_subset must be at most the {len(test_labels)} test images, "
+                             f"got {config.test_subset}")
         test_images, test_labels = test_images[:config.test_subset], test_labels[:config.test_subset]
     return cifar, (train_images, train_labels), (test_images, test_labels)
 
@@ -190,7 +200,9 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
     running accuracy of the last epoch, which saw augmented images and a moving model.
 
     With time_limit_minutes, the run stops after the step at which its training time passes
-    the limit, ending with a partial epoch; training time counts as the summary's
+    the limit, ending with a partial epoch (evaluated, in the metrics, and saved as Ctrl-C
+    saves, so that --resume continues it from the next step; best.npz and the summary's
+    best_test_acc count complete epochs only); training time counts as the summary's
     `train_seconds` does (no evaluations, no pauses; a resumed run continues the count).
 
     Raises before writing anything if a setting, the folder, the data or the checkpoint to
@@ -267,9 +279,7 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
                     save_progress(epoch, _EpochProgress(
                         step_in_epoch, rng.bit_generator.state, seen, correct, loss_sum,
                         time.perf_counter() - epoch_start))
-                    raise TrainingInterrupted(
-                        f"interrupted: saved the run {saved_at} in {checkpoint_path}; "
-                        f"continue it with the same command and --resume")
+                    raise _interrupted(saved_at, checkpoint_path)
                 step = epoch * steps_per_epoch + step_in_epoch
                 images = train_images[index]
                 if config.augment:
@@ -296,30 +306,41 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
                     stopped_by = "time limit"
                     break
             bar.close()
-            _check_finite(model, f"at {_step_name(epoch, step_in_epoch, steps_per_epoch)}",
-                          saved_at, checkpoint_path)
+            when = f"at {_step_name(epoch, step_in_epoch, steps_per_epoch)}"
+            _check_finite(model, when, saved_at, checkpoint_path)
             epoch_seconds = time.perf_counter() - epoch_start
+            partial = step_in_epoch + 1 < steps_per_epoch  # stopped by the time limit
+            if partial:  # saved as Ctrl-C saves: a resumed run continues from the next step
+                save_progress(epoch, _EpochProgress(
+                    step_in_epoch + 1, rng.bit_generator.state, seen, correct, loss_sum,
+                    epoch_seconds))
             train_seconds += epoch_seconds
             test_loss, test_acc = evaluate(model, test_images, test_labels, mean, std)
+            if not np.isfinite(test_loss):
+                raise TrainingDiverged(_diverged_message(
+                    f"the test loss is {test_loss} {when}", saved_at, checkpoint_path))
             row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=loss_sum / seen,
                        train_acc=correct / seen, test_loss=test_loss, test_acc=test_acc,
                        epoch_seconds=epoch_seconds, images=seen,
-                       images_per_second=seen / epoch_seconds,
-                       partial=stopped_by is not None)
-            history.append(row)
-            if progress:
-                tqdm.write(f"epoch {epoch + 1}/{config.epochs}: train loss "
-                           f"{row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss "
-                           f"{test_loss:.4f} acc {test_acc:.4f} | "
-                           f"{row['images_per_second']:.0f} img/s")
-            if stopped_by is None:
-                save_progress(epoch + 1, _EpochProgress())
-            _write_metrics(out_dir, history)
-            if test_acc >= max(r["test_acc"] for r in history):
+                       images_per_second=seen / epoch_seconds, partial=partial)
+            (tqdm.write if progress else print)(
+                f"epoch {epoch + 1}/{config.epochs}{' (partial)' if partial else ''}: train "
+                f"loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss "
+                f"{test_loss:.4f} acc {test_acc:.4f} | {row['images_per_second']:.0f} img/s")
+            # best.npz before the checkpoint: a kill between the two redoes the epoch. A
+            # partial epoch's row is in this run's metrics, not in the checkpoint's history.
+            if not partial and test_acc >= max((r["test_acc"] for r in history),
+                                               default=test_acc):
                 save_checkpoint(os.path.join(out_dir, BEST),
                                 {f"model/{k}": v for k, v in model.state_dict().items()},
                                 dict(config=dataclasses.asdict(config), epoch=epoch + 1,
                                      test_acc=test_acc))
+            history.append(row)
+            if not partial:
+                save_progress(epoch + 1, _EpochProgress())
+            _write_metrics(out_dir, history)
+            if sigint.requested:  # pressed during the evaluation
+                raise _interrupted(saved_at, checkpoint_path)
             if stopped_by is not None:
                 break
 
@@ -345,6 +366,11 @@ def _position(epoch: int, steps_done: int, steps_per_epoch: int) -> str:
     if steps_done == 0:
         return f"after epoch {epoch}" if epoch else "before the first step"
     return f"after {_step_name(epoch, steps_done - 1, steps_per_epoch)}"
+
+
+def _interrupted(saved_at: str, checkpoint_path: str) -> TrainingInterrupted:
+    return TrainingInterrupted(f"interrupted: saved the run {saved_at} in {checkpoint_path}; "
+                               f"continue it with the same command and --resume")
 
 
 def _diverged_message(what: str, saved_at: str | None, checkpoint_path: str) -> str:
@@ -375,7 +401,8 @@ def _check_run_folder(config: TrainConfig, out_dir: str, resume: bool) -> None:
     """Refuse a run folder that cannot be written, that holds another run (without --resume),
     or whose run has other settings (with --resume). Writes nothing."""
     check_writable_folder(out_dir, "--out")
-    if os.path.exists(os.path.join(out_dir, CHECKPOINT)) and not resume:
+    run_files = (CHECKPOINT, BEST, SUMMARY, CONFIG, "metrics.csv", "metrics.json")
+    if not resume and any(os.path.exists(os.path.join(out_dir, f)) for f in run_files):
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it, "
                               f"or choose another --out")
     config_path = os.path.join(out_dir, CONFIG)
@@ -444,7 +471,7 @@ def _summary(config, model, history, train_seconds, stopped_by, time_limit_minut
         epochs_completed=sum(not r["partial"] for r in history), epochs_planned=config.epochs,
         stopped_by=stopped_by, time_limit_minutes=time_limit_minutes,
         train_images=train_size, test_images=test_size,
-        best_test_acc=max((r["test_acc"] for r in history), default=None),
+        best_test_acc=max((r["test_acc"] for r in history if not r["partial"]), default=None),
         last_test_acc=last.get("test_acc"), last_train_acc=last.get("train_acc"),
         train_test_gap=(last["train_acc"] - last["test_acc"]) if history else None,
         train_seconds=train_seconds,

@@ -220,6 +220,15 @@ def unwritable_out(ws):
                                                                  "cannot write into"]
 
 
+def run_without_checkpoint(ws):
+    """A folder with the config and metrics of a run but no checkpoint.npz (killed before its
+    first one, or written by hand): another run must not overwrite it silently."""
+    (ws / "killed").mkdir()
+    for name in ("config.json", "metrics.json"):
+        (ws / "killed" / name).write_bytes((ws / "run" / name).read_bytes())
+    return train_argv(ws / "data", ws / "killed"), [f"{ws / 'killed'} already holds a run"]
+
+
 def case(name, build, status=1):
     marks = ()
     if build is unwritable_out:  # root writes through any permission bits
@@ -268,6 +277,15 @@ BAD_INPUT = [
                                                     ["at most 500, got 1000"])),
     case("zero test subset", lambda ws: (new_run(ws, "--test-subset", "0"),
                                          ["test_subset must be a positive integer, got 0"])),
+    case("test subset larger than the test set", lambda ws: (
+        new_run(ws, "--test-subset", "101"),
+        ["test_subset must be at most the 100 test images, got 101"])),
+    case("warm-up for a schedule without one", lambda ws: (
+        new_run(ws, "--schedule", "step", "--warmup-epochs", "1"),
+        ["warmup_epochs (1.0) applies to the cosine schedule only, not to 'step'"])),
+    case("warm-up as long as the run", lambda ws: (
+        new_run(ws, "--warmup-epochs", "3"),
+        ["warmup_epochs (3.0) must be shorter than the run's 3 epochs"])),
     case("zero time limit", lambda ws: (new_run(ws, "--time-limit", "0"),
                                         ["time limit must be > 0 minutes, got 0.0"])),
     case("negative train-eval count", lambda ws: (new_run(ws, "--train-eval", "-5"),
@@ -317,6 +335,9 @@ BAD_INPUT = [
     case("existing run without --resume", lambda ws: (
         train_argv(ws / "data", ws / "run"),
         [f"{ws / 'run'} already holds a run; pass --resume"])),
+    case("run folder of a run killed before its first checkpoint", run_without_checkpoint),
+    case("empty run folder name", lambda ws: (new_run(ws)[:-1] + [""],
+                                              ["--out must name a folder, got an empty string"])),
     case("run folder under a file", lambda ws: (
         train_argv(ws / "data", ws / "run" / "metrics.csv" / "new"),
         [str(ws / "run" / "metrics.csv"), "is a file, not a folder", "choose another --out"])),
@@ -328,6 +349,8 @@ BAD_INPUT = [
     case("plot a missing run", lambda ws: (["plot", str(ws / "nothing")],
                                            [str(ws / "nothing"), "is not a run folder"])),
     case("plot a corrupt metrics.json", corrupt_metrics),
+    case("plot into a folder", lambda ws: (["plot", str(ws / "run"), "--out", str(ws / "run")],
+                                           [f"--out {ws / 'run'} is a folder"])),
     case("plot into a path under a file", lambda ws: (
         ["plot", str(ws / "run"), "--out", str(ws / "run" / "metrics.csv" / "curves.png")],
         [str(ws / "run" / "metrics.csv"), "is a file, not a folder"])),

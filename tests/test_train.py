@@ -3,6 +3,7 @@ command works (its bad-input table is in test_reliability.py)."""
 import json
 import math
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from synthetic import assert_same_run, write_synthetic_cifar10
 from minissc import cli, data
 from minissc.checkpoint import load_checkpoint
 from minissc.optim import SGD, CosineSchedule, OneCycleSchedule, StepSchedule, make_schedule
-from minissc.train import TrainConfig, train
+from minissc import train as train_module
+from minissc.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 from minissc.nn import Parameter
 
 
@@ -79,6 +81,78 @@ def test_time_limit_stops_early_with_a_partial_epoch(data_dir, tmp_path):
     summary = train(quick_config(epochs=50), str(tmp_path / "run"), data_dir,
                     time_limit_minutes=1e-4, progress=False, download=False)
     assert summary["stopped_by"] == "time limit" and summary["epochs_completed"] == 0
+    assert summary["best_test_acc"] is None  # best.npz holds complete epochs only
+    assert not os.path.exists(tmp_path / "run" / "best.npz")
+
+
+def test_a_run_stopped_by_the_time_limit_resumes_to_the_same_numbers(data_dir, tmp_path):
+    """The time limit saves the partial epoch as Ctrl-C does: --resume continues from the
+    next step, not from the start of the epoch, and ends where an uninterrupted run ends."""
+    train(quick_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
+    out = str(tmp_path / "b")
+    stopped = train(quick_config(), out, data_dir, time_limit_minutes=1e-4, progress=False,
+                    download=False)  # the limit passes at the first step
+    assert stopped["stopped_by"] == "time limit"
+    _, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert meta["epoch"] == 0 and meta["in_epoch"]["step"] == 1 and meta["history"] == []
+    train(quick_config(), out, data_dir, resume=True, progress=False, download=False)
+    assert_same_run(out, str(tmp_path / "a"))
+
+
+def test_a_kill_between_the_checkpoint_and_best_npz_loses_nothing(data_dir, tmp_path,
+                                                                  monkeypatch):
+    """best.npz is written before the epoch's checkpoint: a kill between the two redoes the
+    epoch on --resume, which writes best.npz again, as an uninterrupted run has it."""
+    train(quick_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
+    out = str(tmp_path / "b")
+    real_save = train_module.save_checkpoint
+
+    def killed_after_best_of_epoch_two(path, arrays, meta):
+        real_save(path, arrays, meta)
+        if path.endswith("best.npz") and meta["epoch"] == 2:
+            raise KeyboardInterrupt  # as a kill would stop it: no checkpoint of epoch 2
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_after_best_of_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(quick_config(), out, data_dir, progress=False, download=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["epoch"] == 1
+    train(quick_config(), out, data_dir, resume=True, progress=False, download=False)
+    assert_same_run(out, str(tmp_path / "a"))
+
+
+def test_a_nan_test_loss_stops_the_run_before_it_is_saved(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: (float("nan"), 0.1))
+    out = str(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match="the test loss is nan at epoch 1, step 20 of 20. "
+                                               "No checkpoint had been saved"):
+        train(quick_config(), out, data_dir, progress=False, download=False)
+    assert not os.path.exists(os.path.join(out, "checkpoint.npz"))
+
+
+def test_ctrl_c_during_an_evaluation_stops_after_it_with_the_epoch_saved(data_dir, tmp_path,
+                                                                       monkeypatch):
+    real_evaluate = train_module.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        result = real_evaluate(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the run's handler only notes it
+        return result
+    monkeypatch.setattr(train_module, "evaluate", evaluate_then_ctrl_c)
+    out = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted, match="saved the run after epoch 1"):  # the last
+        train(quick_config(epochs=1), out, data_dir, progress=False, download=False)
+    assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["epoch"] == 1
+    assert not os.path.exists(os.path.join(out, "summary.json"))  # --resume writes it
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    summary = train(quick_config(epochs=1), out, data_dir, resume=True, progress=False,
+                    download=False)
+    assert summary["epochs_completed"] == 1
+
+
+def test_epoch_lines_are_printed_without_the_progress_bar(data_dir, tmp_path, capsys):
+    train(quick_config(epochs=1), str(tmp_path / "run"), data_dir, progress=False,
+          download=False)
+    assert capsys.readouterr().out.startswith("epoch 1/1: train loss ")
 
 
 def test_time_limit_counts_the_training_time_before_a_resume(data_dir, tmp_path, monkeypatch):
@@ -147,6 +221,10 @@ def test_cli_train_plot_eval_and_summary(data_dir, tmp_path, capsys):
     assert "best test accuracy" in capsys.readouterr().out
     assert cli.main(["plot", out]) == 0
     assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+    capsys.readouterr()
+    assert cli.main(["plot", out, "--out", os.path.join(out, "named")]) == 0  # .png added
+    assert capsys.readouterr().out.strip() == os.path.join(out, "named.png")
+    assert os.path.getsize(os.path.join(out, "named.png")) > 10_000
     assert cli.main(["eval", os.path.join(out, "best.npz"), "--data-dir", data_dir,
                      "--no-download"]) == 0
     assert "test accuracy" in capsys.readouterr().out

@@ -167,8 +167,8 @@ for model, options in models_to_train:
     start = time.perf_counter()
     summaries[model] = train(config, run_dir, data_dir, download=False,
                              time_limit_minutes=time_limit, progress=not QUICK)
-    print(f"{model}: {time.perf_counter() - start:.0f} s, best test accuracy "
-          f"{100 * summaries[model]['best_test_acc']:.1f}%")
+    print(f"{model}: {time.perf_counter() - start:.0f} s, last test accuracy "
+          f"{100 * summaries[model]['last_test_acc']:.1f}%")
     run_dirs.append(run_dir)
 total_minutes = (time.perf_counter() - start_all) / 60
 print(f"\nall three runs: {total_minutes:.1f} minutes")
@@ -194,10 +194,14 @@ show(curves)
 # %%
 print(f"{'model':15s}{'params':>9s}{'MACs':>8s}{'train acc':>11s}{'test acc':>10s}{'gap':>7s}"
       f"{'best test':>11s}{'img/s':>7s}{'epochs':>8s}")
+def percent(accuracy):  # None: no complete epoch (the time limit stopped the first one)
+    return "-" if accuracy is None else f"{100 * accuracy:.1f}%"
+
+
 for model, summary in summaries.items():
     print(f"{model:15s}{summary['parameters']:9,d}{summary['macs'] / 1e6:7.1f}M"
           f"{100 * summary['last_train_acc']:10.1f}%{100 * summary['last_test_acc']:9.1f}%"
-          f"{100 * summary['train_test_gap']:6.1f}%{100 * summary['best_test_acc']:10.1f}%"
+          f"{100 * summary['train_test_gap']:6.1f}%{percent(summary['best_test_acc']):>11s}"
           f"{summary['images_per_second']:7.0f}"
           f"{summary['epochs_completed']:>5d}/{summary['epochs_planned']}")
     with open(Path(run_dirs[list(summaries).index(model)]) / "summary.json") as f:
