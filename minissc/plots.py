@@ -6,6 +6,7 @@ import os
 
 from matplotlib.figure import Figure  # draws to a file without pyplot: no screen needed, and
                                       # the caller's matplotlib backend is left alone
+from matplotlib.ticker import MaxNLocator
 
 from minissc.checkpoint import check_writable_folder
 
@@ -27,7 +28,14 @@ def run_label(run_dir: str) -> str:
 
 
 def plot_runs(run_dirs: list[str], out_path: str) -> str:
-    """Draw train/test loss, train/test accuracy and train - test accuracy per epoch."""
+    """Draw train/test loss, train/test accuracy and train - test accuracy per epoch into
+    out_path (".png" added when it has no extension); returns the path written. Every point
+    has a marker, so that a run of one epoch shows too; integer epochs on the x axis."""
+    if os.path.isdir(out_path):
+        raise IsADirectoryError(f"--out {out_path} is a folder; give a file name such as "
+                                f"{os.path.join(out_path, 'curves.png')}")
+    if not os.path.splitext(out_path)[1]:
+        out_path += ".png"
     check_writable_folder(os.path.dirname(os.path.abspath(out_path)), "--out")
     histories = [(run_label(d), read_metrics(d)) for d in run_dirs]
     figure = Figure(figsize=(15, 4.2))
@@ -35,15 +43,15 @@ def plot_runs(run_dirs: list[str], out_path: str) -> str:
     for index, (label, history) in enumerate(histories):
         color = f"C{index % 10}"
         epochs = [row["epoch"] for row in history]
-        loss_ax.plot(epochs, [r["train_loss"] for r in history], "--", color=color,
+        marked = dict(color=color, marker="o", markersize=3)
+        loss_ax.plot(epochs, [r["train_loss"] for r in history], "--", **marked,
                      label=f"{label} train")
-        loss_ax.plot(epochs, [r["test_loss"] for r in history], "-", color=color,
+        loss_ax.plot(epochs, [r["test_loss"] for r in history], "-", **marked,
                      label=f"{label} test")
-        acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "--", color=color)
-        acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "-", color=color,
-                    marker="o", markersize=3)
+        acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "--", **marked)
+        acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "-", **marked)
         gap_ax.plot(epochs, [100 * (r["train_acc"] - r["test_acc"]) for r in history], "-",
-                    color=color, marker="o", markersize=3, label=label)
+                    **marked, label=label)
     loss_ax.set(title="loss (dashed: train, solid: test)", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="accuracy (dashed: train, solid: test)", xlabel="epoch", ylabel="%")
     gap_ax.set(title="train - test accuracy gap", xlabel="epoch", ylabel="percentage points")
@@ -51,6 +59,7 @@ def plot_runs(run_dirs: list[str], out_path: str) -> str:
     loss_ax.legend(fontsize=8)
     for ax in (loss_ax, acc_ax, gap_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     figure.savefig(out_path, dpi=110)

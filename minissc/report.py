@@ -65,8 +65,12 @@ def load_run(run_dir: str) -> Run:
 
 def train_command(summary: dict, out: str) -> str:
     """The `minissc train` command line that reruns the run of this summary.json (flags whose
-    value is the default are left out)."""
-    config = summary["config"]
+    value is the default are left out). A run resumed with another --lr starts with its
+    first learning rate, and a comment after the command lists the resumes."""
+    lr_changes = summary.get("lr_changes") or []
+    config = dict(summary["config"])
+    if lr_changes:
+        config["lr"] = lr_changes[0]["previous_lr"]
     defaults = dataclasses.asdict(TrainConfig())
     words = ["minissc", "train", "--model", config["model"]]
     for option, value in sorted(config.get("model_options", {}).items()):
@@ -84,7 +88,9 @@ def train_command(summary: dict, out: str) -> str:
         words += ["--train-eval", str(summary["train_eval_images"])]
     if summary.get("time_limit_minutes"):
         words += ["--time-limit", f"{summary['time_limit_minutes']:g}"]
-    return " ".join(words + ["--out", out])
+    resumes = "; ".join(f"resumed at step {change['step']} with --lr {change['lr']:g}"
+                        for change in lr_changes)
+    return " ".join(words + ["--out", out]) + (f"  # {resumes}" if resumes else "")
 
 
 def _options(summary: dict) -> str:
@@ -177,11 +183,12 @@ def write_report(spec_path: str) -> str:
             f"<!-- written by `minissc report {os.path.basename(spec_path)}`: edit the spec "
             f"and the notes files, not this page -->\n\n",
             _read_text(base, spec.get("preamble"))]
-    for section in spec["sections"]:
+    slugs = [_slug(section["title"]) for section in spec["sections"]]
+    for index, section in enumerate(spec["sections"]):
         run_dirs = [os.path.join(base, d) for d in section["runs"]]
         runs = [load_run(d) for d in run_dirs]
         target = section.get("target")
-        slug = _slug(section["title"])
+        slug = slugs[index] if slugs.count(slugs[index]) == 1 else f"{slugs[index]}-{index + 1}"
         curves = plot_runs(run_dirs, os.path.join(figures, f"{slug}-curves.png"))
         timeline = plot_accuracy_against_time(runs, os.path.join(figures, f"{slug}-time.png"),
                                               target)

@@ -7,7 +7,7 @@ import shlex
 import pytest
 from synthetic import write_synthetic_cifar10
 
-from minissc import cli
+from minissc import cli, report
 from minissc.train import TrainConfig
 
 RUNS = {  # name: extra `minissc train` arguments
@@ -84,6 +84,23 @@ def test_the_page_commands_rerun_the_same_configuration(results):
         assert args.train_eval == summary["train_eval_images"] == 60
         assert args.time_limit == summary["time_limit_minutes"]
         assert os.path.normpath(args.out) == os.path.join("runs", name)
+
+
+def test_sections_with_one_title_get_figures_of_their_own(results):
+    spec = write_spec(results, [{"title": "Small", "runs": ["runs/ssc-r4"]},
+                                {"title": "Small", "runs": ["runs/ssc-r4-smooth"]}])
+    assert cli.main(["report", spec]) == 0
+    figures = re.findall(r"\]\((figures/[^)]+)\)", (results / "README.md").read_text())
+    assert len(figures) == len(set(figures)) == 4, figures
+
+
+def test_the_command_of_a_run_resumed_with_another_lr_starts_with_the_first_one(results):
+    summary = read_run(results, "ssc-r4")
+    summary["lr_changes"] = [dict(step=4, lr=0.01, previous_lr=summary["config"]["lr"])]
+    summary["config"] = dict(summary["config"], lr=0.01)  # config.json holds the last lr
+    command, comment = report.train_command(summary, "runs/ssc-r4").split("  # ")
+    args = cli._parser().parse_args(shlex.split(command)[1:])
+    assert args.lr == 0.05 and comment == "resumed at step 4 with --lr 0.01"
 
 
 @pytest.mark.parametrize("spec_text, message", [
