@@ -187,7 +187,8 @@ def load_cifar(dataset: str, data_dir: str | os.PathLike, download: bool = True,
     version = spec.versions[0]
     archive = data_dir / version.archive
     if not download:
-        raise DatasetNotFoundError(_not_found_message(spec, data_dir, "and download=False"))
+        raise DatasetNotFoundError(_not_found_message(
+            spec, data_dir, "and downloading is off (download=False, --no-download)"))
     url = DOWNLOAD_URL + version.archive
     try:
         _download(url, archive, ARCHIVE_MD5[version.archive])
@@ -204,8 +205,9 @@ def _not_found_message(spec: DatasetSpec, data_dir: Path, reason: str) -> str:
     archive = spec.versions[0].archive
     return (f"{spec.title} not found in {data_dir} {reason}. Looked for any of: "
             f"{', '.join(looked_for)}. Download {DOWNLOAD_URL}{archive} (md5 "
-            f"{ARCHIVE_MD5[archive]}) and put it at {data_dir / archive}; the folder it "
-            f"extracts to ({spec.versions[0].folder}/) works too.")
+            f"{ARCHIVE_MD5[archive]}) and put it at {data_dir / archive}, or give its folder "
+            f"with --data-dir; the folder it extracts to ({spec.versions[0].folder}/) works "
+            f"too.")
 
 
 def _load_archive(spec: DatasetSpec, version: Version, archive: Path, verify_md5: bool,

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 
 @st.composite
-def ssc_configs(draw, max_batch=3, max_side=9, kernel_sizes=(1, 3, 5), strides=(1, 2)):
+def ssc_configs(draw, max_batch=3, max_side=9, kernel_sizes=(1, 3, 5), strides=(1, 2, 3)):
     """A valid SSC layer and input: dict with n, c, o, h, w, k, g (group size), stride, groups.
 
     C = groups * G, O = groups * r, so C is divisible by G and O by the number of groups.
