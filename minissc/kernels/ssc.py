@@ -837,7 +837,10 @@ def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuf
                                input_norm=None, moments=None):
     """Allocate y (N, O, Ho, Wo) and run a forward kernel; offsets are indexed by i < G. With
     moments (N, O, 3), also y's plane moments (`norm.plane_moments`): taken by the group
-    kernel as it writes each plane, else in a pass of their own."""
+    kernel as it writes each plane, else in a pass of their own. Arrays in another layout
+    are copied C-contiguous first: the kernels are compiled for that layout only (a group
+    kernel takes tens of seconds to compile for each new one)."""
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     batch, channels, height, width = x.shape
     y = np.empty((batch, weight.shape[0], output_size(height, stride), output_size(width, stride)),
                  dtype=x.dtype)
@@ -846,7 +849,7 @@ def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuf
     if _uses_group_kernels(channels, weight, stride):
         kernel_moments = np.empty((0, 0, 3)) if moments is None else moments
         masks = shift_masks(row_offsets, col_offsets, height, width, x.dtype)
-        _group_forward_kernel(planes(np.ascontiguousarray(x)), weight, row_offsets, col_offsets,
+        _group_forward_kernel(planes(x), weight, row_offsets, col_offsets,
                               input_channels, input_norm, width, plane_columns(width, height),
                               masks, planes(y), kernel_moments)
         return y
@@ -883,7 +886,8 @@ def _shifted_pointwise_backward(x, weight, grad_y, row_offsets, col_offsets, str
     output norm is folded into the group kernel's reads; the other kernels get grad_y through
     the batch norm's own grad_x pass, the same values. grad_y may be a `NextLayerInputGrad`
     where `folds_next_layer`; with input_grad=False grad_x is None (the flat kernel then
-    never writes it)."""
+    never writes it). Arrays are made C-contiguous first, as in the forward."""
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     batch, channels, height, width = x.shape
     group_kernel = _uses_group_kernels(channels, weight, stride)
     kernel_next_layer = _no_next_layer(x.dtype)
