@@ -29,6 +29,11 @@ def quick_config(**overrides):
     return TrainConfig(**settings)
 
 
+def small_config(**overrides):
+    """quick_config on 100 images: 4 steps an epoch, for the tests of stops and resumes."""
+    return quick_config(**{"subset": 100, **overrides})
+
+
 def test_two_epochs_learn_and_write_the_run_folder(data_dir, tmp_path):
     out = str(tmp_path / "run")
     summary = train(quick_config(), out, data_dir, progress=False, download=False)
@@ -88,14 +93,14 @@ def test_time_limit_stops_early_with_a_partial_epoch(data_dir, tmp_path):
 def test_a_run_stopped_by_the_time_limit_resumes_to_the_same_numbers(data_dir, tmp_path):
     """The time limit saves the partial epoch as Ctrl-C does: --resume continues from the
     next step, not from the start of the epoch, and ends where an uninterrupted run ends."""
-    train(quick_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
+    train(small_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
     out = str(tmp_path / "b")
-    stopped = train(quick_config(), out, data_dir, time_limit_minutes=1e-4, progress=False,
+    stopped = train(small_config(), out, data_dir, time_limit_minutes=1e-4, progress=False,
                     download=False)  # the limit passes at the first step
     assert stopped["stopped_by"] == "time limit"
     _, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
     assert meta["epoch"] == 0 and meta["in_epoch"]["step"] == 1 and meta["history"] == []
-    train(quick_config(), out, data_dir, resume=True, progress=False, download=False)
+    train(small_config(), out, data_dir, resume=True, progress=False, download=False)
     assert_same_run(out, str(tmp_path / "a"))
 
 
@@ -103,7 +108,7 @@ def test_a_kill_between_the_checkpoint_and_best_npz_loses_nothing(data_dir, tmp_
                                                                   monkeypatch):
     """best.npz is written before the epoch's checkpoint: a kill between the two redoes the
     epoch on --resume, which writes best.npz again, as an uninterrupted run has it."""
-    train(quick_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
+    train(small_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
     out = str(tmp_path / "b")
     real_save = train_module.save_checkpoint
 
@@ -113,19 +118,19 @@ def test_a_kill_between_the_checkpoint_and_best_npz_loses_nothing(data_dir, tmp_
             raise KeyboardInterrupt  # as a kill would stop it: no checkpoint of epoch 2
     monkeypatch.setattr(train_module, "save_checkpoint", killed_after_best_of_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train(quick_config(), out, data_dir, progress=False, download=False)
+        train(small_config(), out, data_dir, progress=False, download=False)
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["epoch"] == 1
-    train(quick_config(), out, data_dir, resume=True, progress=False, download=False)
+    train(small_config(), out, data_dir, resume=True, progress=False, download=False)
     assert_same_run(out, str(tmp_path / "a"))
 
 
 def test_a_nan_test_loss_stops_the_run_before_it_is_saved(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: (float("nan"), 0.1))
     out = str(tmp_path / "run")
-    with pytest.raises(TrainingDiverged, match="the test loss is nan at epoch 1, step 20 of 20. "
+    with pytest.raises(TrainingDiverged, match="the test loss is nan at epoch 1, step 4 of 4. "
                                                "No checkpoint had been saved"):
-        train(quick_config(), out, data_dir, progress=False, download=False)
+        train(small_config(), out, data_dir, progress=False, download=False)
     assert not os.path.exists(os.path.join(out, "checkpoint.npz"))
 
 
@@ -140,17 +145,17 @@ def test_ctrl_c_during_an_evaluation_stops_after_it_with_the_epoch_saved(data_di
     monkeypatch.setattr(train_module, "evaluate", evaluate_then_ctrl_c)
     out = str(tmp_path / "run")
     with pytest.raises(TrainingInterrupted, match="saved the run after epoch 1"):  # the last
-        train(quick_config(epochs=1), out, data_dir, progress=False, download=False)
+        train(small_config(epochs=1), out, data_dir, progress=False, download=False)
     assert load_checkpoint(os.path.join(out, "checkpoint.npz"))[1]["epoch"] == 1
     assert not os.path.exists(os.path.join(out, "summary.json"))  # --resume writes it
     monkeypatch.setattr(train_module, "evaluate", real_evaluate)
-    summary = train(quick_config(epochs=1), out, data_dir, resume=True, progress=False,
+    summary = train(small_config(epochs=1), out, data_dir, resume=True, progress=False,
                     download=False)
     assert summary["epochs_completed"] == 1
 
 
 def test_epoch_lines_are_printed_without_the_progress_bar(data_dir, tmp_path, capsys):
-    train(quick_config(epochs=1), str(tmp_path / "run"), data_dir, progress=False,
+    train(small_config(epochs=1), str(tmp_path / "run"), data_dir, progress=False,
           download=False)
     assert capsys.readouterr().out.startswith("epoch 1/1: train loss ")
 
@@ -168,17 +173,17 @@ def test_time_limit_counts_the_training_time_before_a_resume(data_dir, tmp_path,
 
     monkeypatch.setattr(data, "batches", interrupt_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train(quick_config(), out, data_dir, progress=False, download=False)
+        train(small_config(), out, data_dir, progress=False, download=False)
     monkeypatch.setattr(data, "batches", real_batches)
     _, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
     assert meta["epoch"] == 1
     # The limit is the time epoch 1 took: the resumed run has used it up after one step.
-    resumed = train(quick_config(), out, data_dir, resume=True, progress=False, download=False,
+    resumed = train(small_config(), out, data_dir, resume=True, progress=False, download=False,
                     time_limit_minutes=meta["train_seconds"] / 60)
     assert resumed["stopped_by"] == "time limit" and resumed["epochs_completed"] == 1
     with open(os.path.join(out, "metrics.json")) as f:
         last_row = json.load(f)[-1]
-    assert last_row["partial"] and last_row["images"] == quick_config().batch_size
+    assert last_row["partial"] and last_row["images"] == small_config().batch_size
 
 
 # -- optimiser and schedules ---------------------------------------------------------------------
