@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue the run in --out from its checkpoint (the settings must "
                             "be the same, except --lr; without a checkpoint it starts afresh)")
     train.add_argument("--time-limit", type=float, metavar="MINUTES",
-                       help="stop after this many minutes of training (per-epoch evaluations are "
-                            "not counted; a resumed run continues the count)")
+                       help="stop after this many minutes of training, saved to resume (per-epoch "
+                            "evaluations are not counted; a resumed run continues the count, so "
+                            "give it a larger limit)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--train-eval", type=int, default=0, metavar="N",
                        help="after training, also measure accuracy in eval mode on the first N "
@@ -139,6 +140,14 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+def _stdout_is_closed() -> bool:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from minissc.train import TrainingDiverged, TrainingInterrupted
@@ -153,7 +162,11 @@ def main(argv=None) -> int:
         print("minissc: interrupted; a run keeps its last checkpoint: continue it with the "
               "same command and --resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `minissc summary ... | head`: the reader left; say nothing
+    except BrokenPipeError as error:
+        if not _stdout_is_closed():  # another pipe: an error like any other
+            print(f"minissc: error: {_one_line(error)}", file=sys.stderr)
+            return 1
+        # e.g. `minissc summary ... | head`: the reader left; say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit flush
         return 1
     except (ValueError, TypeError, KeyError, OSError, TrainingDiverged) as error:

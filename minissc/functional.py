@@ -597,8 +597,8 @@ def _batch_norm_arguments(x, weight, bias, running_mean, running_var, training, 
                                  or stat.dtype.kind != "f"):
             raise ValueError(f"{name} must be a float array of shape ({channels},) updated in "
                              f"place, got {type(stat).__name__} {getattr(stat, 'shape', '')}")
-        if stat is not None and not stat.flags.writeable:
-            raise ValueError(f"{name} is read-only, but the batch norm updates it in place")
+        if stat is not None and training and not stat.flags.writeable:
+            raise ValueError(f"{name} is read-only, but training updates it in place")
     for name, value in (("momentum", momentum), ("eps", eps)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a number, got {value!r}")

@@ -19,6 +19,7 @@ The page is ``README.md`` beside the spec, the figures go to ``figures/`` there.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -159,6 +160,18 @@ def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
 
 
+def _unique_slug(title: str, used: set) -> str:
+    """The title's slug, with -2, -3, ... added while an earlier section has it: sections
+    titled alike get figures of their own. Adds it to `used`."""
+    slug = base = _slug(title)
+    for number in itertools.count(2):
+        if slug not in used:
+            break
+        slug = f"{base}-{number}"
+    used.add(slug)
+    return slug
+
+
 def _read_text(base: str, relative: str | None) -> str:
     if not relative:
         return ""
@@ -183,12 +196,12 @@ def write_report(spec_path: str) -> str:
             f"<!-- written by `minissc report {os.path.basename(spec_path)}`: edit the spec "
             f"and the notes files, not this page -->\n\n",
             _read_text(base, spec.get("preamble"))]
-    slugs = [_slug(section["title"]) for section in spec["sections"]]
-    for index, section in enumerate(spec["sections"]):
+    used_slugs = set()
+    for section in spec["sections"]:
         run_dirs = [os.path.join(base, d) for d in section["runs"]]
         runs = [load_run(d) for d in run_dirs]
         target = section.get("target")
-        slug = slugs[index] if slugs.count(slugs[index]) == 1 else f"{slugs[index]}-{index + 1}"
+        slug = _unique_slug(section["title"], used_slugs)
         curves = plot_runs(run_dirs, os.path.join(figures, f"{slug}-curves.png"))
         timeline = plot_accuracy_against_time(runs, os.path.join(figures, f"{slug}-time.png"),
                                               target)

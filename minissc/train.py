@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -97,12 +98,6 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of "
                              f"{', '.join(SCHEDULES)}")
-        if self.warmup_epochs and self.schedule != "cosine":
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) applies to the cosine "
-                             f"schedule only, not to {self.schedule!r}")
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the "
-                             f"run's {self.epochs} epochs")
         if self.dataset not in data.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of "
                              f"{', '.join(data.DATASETS)}")
@@ -114,6 +109,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def validate_warmup(self) -> None:
+        """A warm-up the schedule would ignore, or one as long as the run, is refused when a
+        run starts; not in `validate`, so that runs saved before this check still resume
+        and evaluate."""
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) applies to the cosine "
+                             f"schedule only, not to {self.schedule!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the "
+                             f"run's {self.epochs} epochs")
 
 
 def build_model(config: TrainConfig, num_classes: int):
@@ -216,6 +222,8 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
             or train_eval_images < 0:
         raise ValueError(f"train_eval_images must be an integer >= 0, got {train_eval_images!r}")
     checkpoint_path = os.path.join(out_dir, CHECKPOINT)
+    if not (resume and os.path.exists(checkpoint_path)):
+        config.validate_warmup()
     _check_run_folder(config, out_dir, resume)
     model = build_model(config, data.DATASETS[config.dataset].num_classes)
     optimizer = SGD(model.parameters(), config.lr, config.momentum, config.weight_decay,
@@ -306,29 +314,31 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
                     stopped_by = "time limit"
                     break
             bar.close()
-            when = f"at {_step_name(epoch, step_in_epoch, steps_per_epoch)}"
-            _check_finite(model, when, saved_at, checkpoint_path)
+            _check_finite(model, f"at {_step_name(epoch, step_in_epoch, steps_per_epoch)}",
+                          saved_at, checkpoint_path)
             epoch_seconds = time.perf_counter() - epoch_start
-            partial = step_in_epoch + 1 < steps_per_epoch  # stopped by the time limit
-            if partial:  # saved as Ctrl-C saves: a resumed run continues from the next step
-                save_progress(epoch, _EpochProgress(
-                    step_in_epoch + 1, rng.bit_generator.state, seen, correct, loss_sum,
-                    epoch_seconds))
-            train_seconds += epoch_seconds
+            steps_done = step_in_epoch + 1
+            partial = stopped_by is not None and steps_done < steps_per_epoch
+            if stopped_by is not None and not partial and epoch + 1 == config.epochs:
+                stopped_by = None  # the limit passed at the run's very last step
             test_loss, test_acc = evaluate(model, test_images, test_labels, mean, std)
-            if not np.isfinite(test_loss):
-                raise TrainingDiverged(_diverged_message(
-                    f"the test loss is {test_loss} {when}", saved_at, checkpoint_path))
+            if not np.isfinite(test_loss):  # checked before anything of this epoch is saved
+                now = _position(epoch, steps_done, steps_per_epoch) if partial \
+                    else _position(epoch + 1, 0, steps_per_epoch)
+                raise TrainingDiverged(_diverged_message(f"the test loss is {test_loss} {now}",
+                                                         saved_at, checkpoint_path))
+            if partial:  # saved as Ctrl-C saves: a resumed run continues from the next step
+                save_progress(epoch, _EpochProgress(steps_done, rng.bit_generator.state, seen,
+                                                    correct, loss_sum, epoch_seconds))
+            train_seconds += epoch_seconds
             row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=loss_sum / seen,
                        train_acc=correct / seen, test_loss=test_loss, test_acc=test_acc,
                        epoch_seconds=epoch_seconds, images=seen,
                        images_per_second=seen / epoch_seconds, partial=partial)
-            (tqdm.write if progress else print)(
-                f"epoch {epoch + 1}/{config.epochs}{' (partial)' if partial else ''}: train "
-                f"loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss "
-                f"{test_loss:.4f} acc {test_acc:.4f} | {row['images_per_second']:.0f} img/s")
-            # best.npz before the checkpoint: a kill between the two redoes the epoch. A
-            # partial epoch's row is in this run's metrics, not in the checkpoint's history.
+            # best.npz and the metrics before the checkpoint: a kill before it redoes the
+            # epoch, which writes them again (the same bits, unless the resume changes --lr);
+            # a kill after it finds them up to date. A partial epoch's row is in this run's
+            # metrics, not in the checkpoint's history.
             if not partial and test_acc >= max((r["test_acc"] for r in history),
                                                default=test_acc):
                 save_checkpoint(os.path.join(out_dir, BEST),
@@ -336,9 +346,13 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
                                 dict(config=dataclasses.asdict(config), epoch=epoch + 1,
                                      test_acc=test_acc))
             history.append(row)
+            _write_metrics(out_dir, history)
             if not partial:
                 save_progress(epoch + 1, _EpochProgress())
-            _write_metrics(out_dir, history)
+            say = tqdm.write if progress else functools.partial(print, flush=True)
+            say(f"epoch {epoch + 1}/{config.epochs}{' (partial)' if partial else ''}: train "
+                f"loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss "
+                f"{test_loss:.4f} acc {test_acc:.4f} | {row['images_per_second']:.0f} img/s")
             if sigint.requested:  # pressed during the evaluation
                 raise _interrupted(saved_at, checkpoint_path)
             if stopped_by is not None:

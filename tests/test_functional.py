@@ -390,6 +390,16 @@ def test_batch_norm_running_statistics_follow_pytorch():
     np.testing.assert_allclose(evaluated.data, expected)
 
 
+def test_eval_mode_reads_read_only_running_statistics():
+    """Only training writes them: statistics loaded read-only (np.load with mmap_mode="r")
+    serve inference."""
+    x = arrays(0, (2, 18, 3, 3), dtype=np.float32)
+    mean, var = np.zeros(18, np.float32), np.ones(18, np.float32)
+    mean.flags.writeable = var.flags.writeable = False
+    evaluated = F.batch_norm2d(x, None, None, mean, var, training=False)
+    np.testing.assert_allclose(evaluated.data, x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
 def test_channel_shuffle_interleaves_groups():
     x = np.arange(6, dtype=np.float64).reshape(1, 6, 1, 1)
     np.testing.assert_array_equal(F.channel_shuffle(x, 2).data.ravel(), [0, 3, 1, 4, 2, 5])
@@ -439,7 +449,7 @@ BAD_CALLS = [
     ("bn weight shape", lambda: F.batch_norm2d(X, np.ones(3, np.float32)), ValueError, r"weight must have shape \(18,\), got \(3,\)"),
     ("bn one value per channel", lambda: F.batch_norm2d(X[:1, :, :1, :1]), ValueError, r"more than one value per channel"),
     ("bn momentum not a number", lambda: F.batch_norm2d(X, momentum="a"), TypeError, r"momentum must be a number, got 'a'"),
-    ("bn read-only statistics", lambda: F.batch_norm2d(X, None, None, READ_ONLY, np.ones(18, np.float32)), ValueError, r"running_mean is read-only"),
+    ("bn read-only statistics", lambda: F.batch_norm2d(X, None, None, READ_ONLY, np.ones(18, np.float32)), ValueError, r"running_mean is read-only, but training updates it"),
     ("no channels", lambda: F.ssc_conv2d(X[:, :0], W), ValueError, r"x must have at least one channel, got shape \(2, 0, 6, 6\)"),
     ("label out of range", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 3])), ValueError, r"labels must be in \[0, 3\), got 3"),
     ("negative label", lambda: F.cross_entropy(np.zeros((2, 3), np.float32), np.array([-1, 0])), ValueError, r"got -1"),

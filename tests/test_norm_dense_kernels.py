@@ -232,6 +232,20 @@ def test_relu_of_an_empty_batch_is_empty():
     assert norm.relu_backward(x, y).shape == x.shape
 
 
+def test_kernel_outputs_do_not_depend_on_the_inputs_layout():
+    """Outputs are new C-contiguous arrays: one allocated like a transposed input would be
+    filled through a copy and lost."""
+    x = arrays(1, (2, 3, 6, 5)).transpose(0, 1, 3, 2)  # (2, 3, 5, 6), not C-contiguous
+    contiguous = np.ascontiguousarray(x)
+    statistics = [arrays(seed, (3,)) for seed in (2, 3, 4, 5)]
+    weight, grad_y = arrays(6, (4, 3, 3, 3)), arrays(7, (2, 4, 6, 5)).transpose(0, 1, 3, 2)
+    for call in (lambda x: norm.batch_norm_forward(x, *statistics),
+                 lambda x: norm.batch_norm_relu_forward(x, *statistics),
+                 norm.relu_forward, lambda x: norm.add_relu_forward(x, x),
+                 lambda x: dense.conv2d_backward(x, weight, grad_y, 1, 1, 1)[0]):
+        np.testing.assert_array_equal(call(x), call(contiguous))
+
+
 def test_relu_keeps_nan():
     """A NaN must reach the loss, not hide behind a ReLU (PyTorch behaves the same)."""
     y = norm.relu_forward(np.array([np.nan, -1.0, 2.0]))

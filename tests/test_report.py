@@ -88,10 +88,11 @@ def test_the_page_commands_rerun_the_same_configuration(results):
 
 def test_sections_with_one_title_get_figures_of_their_own(results):
     spec = write_spec(results, [{"title": "Small", "runs": ["runs/ssc-r4"]},
-                                {"title": "Small", "runs": ["runs/ssc-r4-smooth"]}])
+                                {"title": "Small", "runs": ["runs/ssc-r4-smooth"]},
+                                {"title": "Small 2", "runs": ["runs/ssc-r4"]}])
     assert cli.main(["report", spec]) == 0
     figures = re.findall(r"\]\((figures/[^)]+)\)", (results / "README.md").read_text())
-    assert len(figures) == len(set(figures)) == 4, figures
+    assert len(figures) == len(set(figures)) == 6, figures
 
 
 def test_the_command_of_a_run_resumed_with_another_lr_starts_with_the_first_one(results):

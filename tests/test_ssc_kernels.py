@@ -399,11 +399,15 @@ def test_empty_batch(dtype):
 def test_an_infinite_input_that_no_output_reads_leaves_the_gradients_finite(
         kernel, outputs_per_group, stride):
     """Channel 0 reads x[y - 1, x - 1] (position 0 of the 3 x 3 grid), so on a 5 x 5 plane no
-    output reads its pixel (4, 4), at stride 1 or 2: an inf there must add nothing (the
-    exact sums skip it), not 0 * inf = NaN. Outputs past nine take the group backward's
-    one-by-one loop; stride 2 runs the flat kernel on the upsampled upstream."""
+    output reads its pixel (4, 4), at stride 1 or 2; at stride 2 no output reads pixel (1, 1)
+    of channel 4 (the centre, unshifted) either: off the grid, inside the image. An inf
+    there must add nothing (the exact sums skip it), not 0 * inf = NaN. Outputs past nine
+    take the group backward's one-by-one loop; stride 2 runs the flat kernel on the
+    upsampled upstream (both parametrisations: the group kernels need stride 1)."""
     x, weight = arrays(1, (3, 9, 5, 5)), arrays(2, (outputs_per_group, 9))
     x[1, 0, 4, 4] = np.inf
+    if stride == 2:
+        x[2, 4, 1, 1] = -np.inf
     side = ssc.output_size(5, stride)
     grad_y = arrays(3, (3, outputs_per_group, side, side))
     with stride_1_kernel(kernel):

@@ -409,12 +409,13 @@ save(figure, "04_fusion.png")
 # In an SSC module each SSC layer reads a = relu(batch_norm(x)), and a is the widest tensor
 # of the block. Stored, it costs the batch norm a write of A bytes and the SSC a read of A,
 # and the backward pass must keep it. `F.batch_norm_relu_ssc_conv2d` (what
-# `layer(x, input_norm=bn)` calls, `layer` an `nn.SSCConv2d`) instead hands the kernels (mean, scale, bias) per channel,
-# and they compute a = relu((x - mean) * scale + bias) as they load x, with the batch norm
-# kernel's own rounding (`_normalised`), so a never exists and the result is the same to the
-# bit. The batch statistics still need one read of x first: the forward moves 2X + Y (the
-# statistics read X, the SSC reads X and writes Y) instead of 4X + Y (the statistics read
-# X, the batch norm + ReLU reads X and writes A = X, the SSC reads A and writes Y).
+# `layer(x, input_norm=bn)` calls, `layer` an `nn.SSCConv2d`) instead hands the kernels
+# (mean, scale, bias) per channel, and they compute a = relu((x - mean) * scale + bias) as
+# they load x, with the batch norm kernel's own rounding (`_normalised`), so a never exists
+# and the result is the same to the bit. The batch statistics still need one read of x
+# first: the forward moves 2X + Y (the statistics read X, the SSC reads X and writes Y)
+# instead of 4X + Y (the statistics read X, the batch norm + ReLU reads X and writes
+# A = X, the SSC reads A and writes Y).
 #
 # The backward pass follows from the chain rule through a. With g = da * [a > 0]:
 #

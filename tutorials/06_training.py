@@ -192,12 +192,12 @@ show(curves)
 # `summary.json` holds the last epoch's accuracies, the parameters and the MACs of each run.
 
 # %%
-print(f"{'model':15s}{'params':>9s}{'MACs':>8s}{'train acc':>11s}{'test acc':>10s}{'gap':>7s}"
-      f"{'best test':>11s}{'img/s':>7s}{'epochs':>8s}")
 def percent(accuracy):  # None: no complete epoch (the time limit stopped the first one)
     return "-" if accuracy is None else f"{100 * accuracy:.1f}%"
 
 
+print(f"{'model':15s}{'params':>9s}{'MACs':>8s}{'train acc':>11s}{'test acc':>10s}{'gap':>7s}"
+      f"{'best test':>11s}{'img/s':>7s}{'epochs':>8s}")
 for model, summary in summaries.items():
     print(f"{model:15s}{summary['parameters']:9,d}{summary['macs'] / 1e6:7.1f}M"
           f"{100 * summary['last_train_acc']:10.1f}%{100 * summary['last_test_acc']:9.1f}%"
@@ -289,8 +289,10 @@ if QUICK:
 #     minissc plot runs/sscresnet20-30ep runs/resnet20-30ep runs/shiftresnet20-30ep --out curves.png
 #
 # and the baselines' full recipe is `--schedule step --epochs 164` (lr 0.1, divided by 10
-# after epochs 81 and 122). `--time-limit MINUTES` stops a run cleanly and `--resume`
-# continues it from its last checkpoint. At the speeds measured above, on this machine:
+# after epochs 81 and 122). `--time-limit MINUTES` stops a run cleanly, saved after its
+# last step, and `--resume` continues it from there (with a larger limit, or none: the limit
+# counts the training time of every session of the run). At the speeds measured above, on
+# this machine:
 
 # %%
 if QUICK:  # tiny runs: their speeds are mostly Numba's compile and start-up

@@ -962,7 +962,7 @@ class NextLayerInputGrad:
         position_of_channel = np.argsort(shuffled_channels(channels, self.shuffle_groups))
         first_reader = position_of_channel // group_size * (outputs // (channels // group_size))
         reader_input = position_of_channel % group_size
-        masks = shift_masks(-dy, -dx, height, width, self.grad.dtype)
+        masks = shift_masks(-dy, -dx, height, width, self.grad.dtype, self.stride)
         return (planes(self.grad), self.weight, dy, dx, self.stride, masks, first_reader,
                 reader_input)
 
