@@ -52,6 +52,7 @@ from minissc.summary import summarize
 from minissc.tensor import Tensor, no_grad
 
 CHECKPOINT, BEST, SUMMARY, CONFIG = "checkpoint.npz", "best.npz", "summary.json", "config.json"
+METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 CHANGEABLE_ON_RESUME = ("lr",)  # to continue a diverged run with a lower learning rate
 
 
@@ -415,7 +416,7 @@ def _check_run_folder(config: TrainConfig, out_dir: str, resume: bool) -> None:
     """Refuse a run folder that cannot be written, that holds another run (without --resume),
     or whose run has other settings (with --resume). Writes nothing."""
     check_writable_folder(out_dir, "--out")
-    run_files = (CHECKPOINT, BEST, SUMMARY, CONFIG, "metrics.csv", "metrics.json")
+    run_files = (CHECKPOINT, BEST, SUMMARY, CONFIG, METRICS_JSON, METRICS_CSV)
     if not resume and any(os.path.exists(os.path.join(out_dir, f)) for f in run_files):
         raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it, "
                               f"or choose another --out")
@@ -466,12 +467,12 @@ def _load_state(target, state: dict, path: str, config: TrainConfig) -> None:
 
 
 def _write_metrics(out_dir: str, history: list[dict]) -> None:
-    write_text_atomically(os.path.join(out_dir, "metrics.json"), json.dumps(history, indent=2))
+    write_text_atomically(os.path.join(out_dir, METRICS_JSON), json.dumps(history, indent=2))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    write_text_atomically(os.path.join(out_dir, "metrics.csv"), table.getvalue())
+    write_text_atomically(os.path.join(out_dir, METRICS_CSV), table.getvalue())
 
 
 def _summary(config, model, history, train_seconds, stopped_by, time_limit_minutes, train_size,
