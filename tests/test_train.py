@@ -104,6 +104,59 @@ def test_a_run_stopped_by_the_time_limit_resumes_to_the_same_numbers(data_dir, t
     assert_same_run(out, str(tmp_path / "a"))
 
 
+def test_a_resumed_partial_epoch_stopped_again_by_the_limit_still_ends_the_same(data_dir,
+                                                                              tmp_path):
+    """The resumed run counts the partial epoch's time, so the same limit stops it again
+    after one step; that second partial save must continue as exactly as the first."""
+    train(small_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
+    out = str(tmp_path / "b")
+    for steps_done in (1, 2):
+        stopped = train(small_config(), out, data_dir, resume=True, time_limit_minutes=1e-4,
+                        progress=False, download=False)
+        assert stopped["stopped_by"] == "time limit" and stopped["epochs_completed"] == 0
+        _, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+        assert meta["epoch"] == 0 and meta["in_epoch"]["step"] == steps_done
+        with open(os.path.join(out, "metrics.json")) as f:
+            rows = json.load(f)
+        assert len(rows) == 1 and rows[0]["partial"]  # this stop's row only
+        assert rows[0]["images"] == steps_done * small_config().batch_size
+    train(small_config(), out, data_dir, resume=True, progress=False, download=False)
+    assert_same_run(out, str(tmp_path / "a"))
+
+
+class _ClockOfOneSecondACall:
+    """A stand-in for the `time` module whose perf_counter advances 1 s at every call: the
+    training loop reads it once per step, so its time limit passes at a chosen step."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_a_limit_that_passes_at_an_epochs_last_step_saves_a_complete_epoch(
+        data_dir, tmp_path, monkeypatch):
+    """Epoch 1 has 4 steps; at its last step the clock reads 4 s since the epoch began,
+    past a 3.5 s limit. The epoch is complete: saved as one (best.npz too), its row not
+    partial, and --resume starts epoch 2 and ends as an uninterrupted run."""
+    train(small_config(), str(tmp_path / "a"), data_dir, progress=False, download=False)
+    out = str(tmp_path / "b")
+    monkeypatch.setattr(train_module, "time", _ClockOfOneSecondACall())
+    stopped = train(small_config(), out, data_dir, time_limit_minutes=3.5 / 60,
+                    progress=False, download=False)
+    assert stopped["stopped_by"] == "time limit" and stopped["epochs_completed"] == 1
+    _, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert meta["epoch"] == 1 and "in_epoch" not in meta
+    assert load_checkpoint(os.path.join(out, "best.npz"))[1]["epoch"] == 1
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert [row["partial"] for row in json.load(f)] == [False]
+    monkeypatch.undo()
+    train(small_config(), out, data_dir, resume=True, progress=False, download=False)
+    assert_same_run(out, str(tmp_path / "a"))
+
+
 def test_a_kill_right_after_an_epochs_checkpoint_leaves_best_npz_up_to_date(
         data_dir, tmp_path, monkeypatch):
     """best.npz and the metrics are written before the epoch's checkpoint, so a kill right
