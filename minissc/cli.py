@@ -136,6 +136,15 @@ def _run(args) -> None:
         print(summary_text(args.model, num_classes=args.num_classes, **_model_options(args)))
 
 
+# `minissc train`'s flag for each train() setting whose flag is not its name with dashes
+FLAGS = {"augment": "--no-augment", "time_limit_minutes": "--time-limit",
+         "train_eval_images": "--train-eval"}
+
+
+def _flag(setting: str) -> str:
+    return FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
 def _one_line(message) -> str:
     return " ".join(str(message).split())
 
@@ -150,7 +159,7 @@ def _stdout_is_closed() -> bool:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from minissc.train import TrainingDiverged, TrainingInterrupted
+    from minissc.train import InvalidSetting, TrainingDiverged, TrainingInterrupted
     try:
         _run(args)
     except TrainingInterrupted as interrupt:
@@ -173,6 +182,8 @@ def main(argv=None) -> int:
         if os.environ.get("MINISSC_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, InvalidSetting):  # the flag the user typed, not the field
+            message = f"{_flag(error.setting)} {error.problem}"
         print(f"minissc: error: {_one_line(message)}", file=sys.stderr)
         return 1
     except Exception as error:  # a bug: still one line, and how to see more

@@ -60,6 +60,15 @@ class TrainingDiverged(RuntimeError):
     """The loss, or the weights, became NaN or infinite."""
 
 
+class InvalidSetting(ValueError):
+    """A bad value of a `TrainConfig` field or `train` argument: the message is the field's
+    name, then `problem`; the command line names its flag instead (`minissc.cli`)."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting, self.problem = setting, problem
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the run after a step; the message says where it was saved."""
 
@@ -89,13 +98,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InvalidSetting(name, f"must be a positive integer, got {value!r}")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise InvalidSetting(name, f"must be a finite number >= 0, got {value!r}")
         if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+            raise InvalidSetting("lr", "must be > 0, got 0")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of "
                              f"{', '.join(SCHEDULES)}")
@@ -103,24 +112,25 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of "
                              f"{', '.join(data.DATASETS)}")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise InvalidSetting("label_smoothing",
+                                 f"must be in [0, 1), got {self.label_smoothing}")
         for name in ("subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InvalidSetting(name, f"must be a positive integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise InvalidSetting("seed", f"must be an integer >= 0, got {self.seed!r}")
 
     def validate_warmup(self) -> None:
         """A warm-up the schedule would ignore, or one as long as the run, is refused when a
         run starts; not in `validate`, so that runs saved before this check still resume
         and evaluate."""
         if self.warmup_epochs and self.schedule != "cosine":
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) applies to the cosine "
-                             f"schedule only, not to {self.schedule!r}")
+            raise InvalidSetting("warmup_epochs", f"({self.warmup_epochs}) applies to the "
+                                 f"cosine schedule only, not to {self.schedule!r}")
         if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than the "
-                             f"run's {self.epochs} epochs")
+            raise InvalidSetting("warmup_epochs", f"({self.warmup_epochs}) must be shorter "
+                                 f"than the run's {self.epochs} epochs")
 
 
 def build_model(config: TrainConfig, num_classes: int):
@@ -136,16 +146,16 @@ def load_split(config: TrainConfig, data_dir: str, download: bool = True,
     if config.subset is not None:
         classes = len(cifar.classes)
         if config.subset % classes or config.subset > len(train_labels):
-            raise ValueError(f"subset must be a multiple of the {classes} classes and at most "
-                             f"{len(train_labels)}, got {config.subset}")
+            raise InvalidSetting("subset", f"must be a multiple of the {classes} classes and "
+                                 f"at most {len(train_labels)}, got {config.subset}")
         rng = np.random.default_rng([config.seed, 2**31])
         keep = data.balanced_subset(train_labels, config.subset // classes, rng)
         train_images, train_labels = train_images[keep], train_labels[keep]
     test_images, test_labels = cifar.test_images, cifar.test_labels
     if config.test_subset is not None:
         if config.test_subset > len(test_labels):
-            raise ValueError(f"test_subset must be at most the {len(test_labels)} test images, "
-                             f"got {config.test_subset}")
+            raise InvalidSetting("test_subset", f"must be at most the {len(test_labels)} test "
+                                 f"images, got {config.test_subset}")
         test_images, test_labels = test_images[:config.test_subset], test_labels[:config.test_subset]
     return cifar, (train_images, train_labels), (test_images, test_labels)
 
@@ -218,10 +228,11 @@ def train(config: TrainConfig, out_dir: str, data_dir: str = "data", resume: boo
     """
     config.validate()
     if time_limit_minutes is not None and not time_limit_minutes > 0:
-        raise ValueError(f"time limit must be > 0 minutes, got {time_limit_minutes}")
+        raise InvalidSetting("time_limit_minutes", f"must be > 0, got {time_limit_minutes}")
     if isinstance(train_eval_images, bool) or not isinstance(train_eval_images, int) \
             or train_eval_images < 0:
-        raise ValueError(f"train_eval_images must be an integer >= 0, got {train_eval_images!r}")
+        raise InvalidSetting("train_eval_images",
+                             f"must be an integer >= 0, got {train_eval_images!r}")
     checkpoint_path = os.path.join(out_dir, CHECKPOINT)
     if not (resume and os.path.exists(checkpoint_path)):
         config.validate_warmup()
