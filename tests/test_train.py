@@ -276,6 +276,21 @@ def test_schedule_values_at_known_steps():
         make_schedule("linear", 0.1, 10, 5)
 
 
+def test_a_partial_epoch_is_drawn_hollow():
+    from minissc.plots import curves_figure
+    row = dict(train_loss=1.0, test_loss=1.1, train_acc=0.5, test_acc=0.4)
+    history = [dict(row, epoch=1, partial=False), dict(row, epoch=2, partial=True)]
+    figure = curves_figure([("run", history)])
+    for ax in figure.axes:
+        hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
+        assert hollow and all(list(line.get_xdata()) == [2] for line in hollow)
+    assert "hollow: partial epoch" in figure.axes[2].get_title()
+    complete = curves_figure([("run", history[:1])])
+    assert "hollow" not in complete.axes[2].get_title()
+    assert all(len(line.get_xdata()) == 0 for ax in complete.axes for line in ax.get_lines()
+               if line.get_markerfacecolor() == "white")
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 def test_cli_train_plot_eval_and_summary(data_dir, tmp_path, capsys):
