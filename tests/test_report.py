@@ -24,7 +24,7 @@ def results(tmp_path_factory):
     data_dir = write_synthetic_cifar10(str(tmp_path_factory.mktemp("cifar")))
     for name, extra in RUNS.items():
         assert cli.main(["train", "--model", "sscresnet20", *extra, "--epochs", "2",
-                         "--batch-size", "50", "--lr", "0.05", "--train-eval", "60",
+                         "--subset", "100", "--batch-size", "50", "--lr", "0.05", "--train-eval", "60",
                          "--data-dir", data_dir, "--no-download", "--no-progress",
                          "--out", str(base / "runs" / name)]) == 0
     return base

@@ -50,7 +50,7 @@ def test_two_epochs_learn_and_write_the_run_folder(data_dir, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(data_dir, tmp_path, monkeypatch):
-    reference = train(quick_config(), str(tmp_path / "a"), data_dir, progress=False,
+    reference = train(small_config(), str(tmp_path / "a"), data_dir, progress=False,
                       download=False)
     calls = {"n": 0}
     real_batches = data.batches
@@ -65,20 +65,20 @@ def test_interrupted_run_resumes_to_the_same_numbers(data_dir, tmp_path, monkeyp
     monkeypatch.setattr(data, "batches", interrupt_in_epoch_two)
     out = str(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        train(quick_config(), out, data_dir, progress=False, download=False)
+        train(small_config(), out, data_dir, progress=False, download=False)
     monkeypatch.setattr(data, "batches", real_batches)
-    resumed = train(quick_config(), out, data_dir, resume=True, progress=False, download=False)
+    resumed = train(small_config(), out, data_dir, resume=True, progress=False, download=False)
     assert_same_run(out, str(tmp_path / "a"))
     assert resumed["last_test_acc"] == reference["last_test_acc"]
 
 
 def test_existing_run_is_not_overwritten_and_resume_must_match(data_dir, tmp_path):
     out = str(tmp_path / "run")
-    train(quick_config(epochs=1), out, data_dir, progress=False, download=False)
+    train(small_config(epochs=1), out, data_dir, progress=False, download=False)
     with pytest.raises(FileExistsError, match="--resume"):
-        train(quick_config(epochs=1), out, data_dir, progress=False, download=False)
+        train(small_config(epochs=1), out, data_dir, progress=False, download=False)
     with pytest.raises(ValueError, match="seed: 3 -> 4"):
-        train(quick_config(epochs=1, seed=4), out, data_dir, resume=True, progress=False,
+        train(small_config(epochs=1, seed=4), out, data_dir, resume=True, progress=False,
               download=False)
 
 
