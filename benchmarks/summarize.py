@@ -2,6 +2,7 @@
 """Every saved benchmark run against the issue's targets, one row per run, as a Markdown table.
 
     python benchmarks/summarize.py [FILE.json ...]      # default: benchmarks/results/full-*.json
+    python benchmarks/summarize.py --across Intel       # medians of the runs on one CPU kind
 
 Each row is one JSON file written by `run.py`: its commit, the CPU it ran on, the machine-speed
 probes at its start (runs before 2026-12-02n have none), PyTorch's sscresnet20 r=1 training
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -80,12 +82,62 @@ def table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+NETWORKS = [("sscresnet20", {"r": 1}), ("sscresnet20", {"r": 2}), ("shiftresnet20", {"e": 3}),
+            ("shiftresnet20", {"e": 9}), ("resnet20", {})]
+
+
+def spread(values: list[float], unit: str = "") -> str:
+    """'median (lowest-highest)', to three significant figures."""
+    low, median, high = (f"{v:.3g}" for v in (min(values), statistics.median(values),
+                                              max(values)))
+    return f"{median}{unit} ({low}-{high}{unit})"
+
+
+def across_runs(paths: list[Path], cpu: str) -> str:
+    """The training rates, SSC layer speed-ups and target counts of the runs whose CPU name
+    contains `cpu`, as medians and ranges over those runs (the README's Speed section)."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    runs = [r for r in runs if cpu in r["meta"].get("cpu", "") and r.get("targets")]
+    if not runs:
+        raise SystemExit(f"no benchmark results with targets on a CPU named like {cpu!r}")
+    lines = [f"{len(runs)} runs on {cpu}: training images/s, median (lowest-highest)", "",
+             "| model | minissc | PyTorch | ratio | PyTorch, freed memory kept | ratio |",
+             "|---|---|---|---|---|---|"]
+    for name, options in NETWORKS:
+        networks = [benchmark._network(r, name, options) for r in runs]
+
+        def rate(side):
+            return spread([n[side]["train_images_per_s"] for n in networks])
+        lines.append(f"| {networks[0]['label']} | {rate('minissc')} | {rate('torch')} | "
+                     f"{spread([n['train_speedup'] for n in networks], 'x')} | "
+                     f"{rate('torch_kept')} | "
+                     f"{spread([n['train_speedup_vs_torch_kept'] for n in networks], 'x')} |")
+    lines += ["", "| SSC layer of sscresnet20 | vs PyTorch | vs PyTorch, freed memory kept |",
+              "|---|---|---|"]
+    layers = {}
+    for r in runs:
+        for layer in r["layers"]:
+            if layer["kind"] == "ssc" and any(u.startswith("sscresnet20") for u in layer["uses"]):
+                layers.setdefault(layer["label"], []).append(layer)
+    for label, timings in layers.items():
+        lines.append(f"| {label} | {spread([t['speedup_vs_torch'] for t in timings], 'x')} | "
+                     f"{spread([t['speedup_vs_torch_kept'] for t in timings], 'x')} |")
+    lines += ["", "| target | runs that met it |", "|---|---|"]
+    for index, target in enumerate(runs[-1]["targets"]):
+        met = sum(r["targets"][index]["status"] == "PASS" for r in runs)
+        lines.append(f"| {header(target)} | {met} of {len(runs)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path,
                         help="run.py JSON files (default: benchmarks/results/full-*.json)")
+    parser.add_argument("--across", metavar="CPU",
+                        help="medians and ranges over the runs on a CPU whose name contains CPU")
     args = parser.parse_args(argv)
-    print(table(args.files or sorted(RESULTS.glob("full-*.json"))))
+    paths = args.files or sorted(RESULTS.glob("full-*.json"))
+    print(across_runs(paths, args.across) if args.across else table(paths))
     return 0
 
 

@@ -154,3 +154,26 @@ def test_summary_refuses_runs_with_different_targets(tmp_path):
         paths[-1].write_text(json.dumps(results))
     with pytest.raises(SystemExit, match="full-a.json: its targets differ"):
         summarize.table(paths)
+
+
+def test_across_runs_gives_medians_and_ranges_of_one_cpus_runs(tmp_path):
+    paths = []
+    for name, cpu, rate in (("full-a", "Intel Xeon", 100.0), ("full-b", "Intel Xeon", 200.0),
+                            ("full-c", "Intel Xeon", 120.0), ("full-d", "AMD EPYC", 999.0)):
+        results = _results(with_torch=True)
+        results["meta"]["cpu"] = cpu
+        network = next(n for n in results["networks"] if n["label"] == "sscresnet20 r=1")
+        network["minissc"]["train_images_per_s"] = rate
+        network["train_speedup"] = rate / 15.0
+        results["targets"] = benchmark.evaluate_targets(results)
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(results))
+    text = summarize.across_runs(paths, "Intel")
+    assert text.startswith("3 runs on Intel:")  # the AMD run is left out
+    row = next(line for line in text.splitlines() if line.startswith("| sscresnet20 r=1 |"))
+    assert row == "| sscresnet20 r=1 | 120 (100-200) | 15 (15-15) | 8x (6.67-13.3x) | 50 (50-50) " \
+                  "| 3x (3-3x) |"
+    assert "| ssc 576->576 8x8 s1 | 4x (4-4x) | 2x (2-2x) |" in text
+    assert "| r=1 training >= 200 img/s | 1 of 3 |" in text  # run b's 200.0
+    with pytest.raises(SystemExit, match="no benchmark results with targets on a CPU named"):
+        summarize.across_runs(paths, "Arm")
