@@ -137,8 +137,7 @@ def _run(args) -> None:
 
 
 # `minissc train`'s flag for each train() setting whose flag is not its name with dashes
-FLAGS = {"augment": "--no-augment", "time_limit_minutes": "--time-limit",
-         "train_eval_images": "--train-eval"}
+FLAGS = {"time_limit_minutes": "--time-limit", "train_eval_images": "--train-eval"}
 
 
 def _flag(setting: str) -> str:
@@ -182,7 +181,7 @@ def main(argv=None) -> int:
         if os.environ.get("MINISSC_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        if isinstance(error, InvalidSetting):  # the flag the user typed, not the field
+        if isinstance(error, InvalidSetting) and args.command == "train":  # the flag typed
             message = f"{_flag(error.setting)} {error.problem}"
         print(f"minissc: error: {_one_line(message)}", file=sys.stderr)
         return 1
