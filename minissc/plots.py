@@ -75,6 +75,6 @@ def curves_figure(histories: list[tuple[str, list[dict]]]) -> Figure:
     loss_ax.legend(fontsize=8)
     for ax in (loss_ax, acc_ax, gap_ax):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     figure.tight_layout()
     return figure

@@ -291,6 +291,17 @@ def test_a_partial_epoch_is_drawn_hollow():
                if line.get_markerfacecolor() == "white")
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 7])
+def test_the_epoch_axis_has_whole_epochs_only(epochs):
+    from minissc.plots import curves_figure
+    row = dict(train_loss=1.0, test_loss=1.1, train_acc=0.5, test_acc=0.4, partial=False)
+    figure = curves_figure([("run", [dict(row, epoch=e) for e in range(1, epochs + 1)])])
+    for ax in figure.axes:
+        low, high = ax.get_xlim()
+        shown = [tick for tick in ax.get_xticks() if low <= tick <= high]
+        assert shown and all(tick == int(tick) for tick in shown), shown
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 def test_cli_train_plot_eval_and_summary(data_dir, tmp_path, capsys):
