@@ -117,6 +117,11 @@ def _run(args) -> None:
               f"last {100 * summary['last_test_acc']:.2f}% after {summary['epochs_completed']} "
               f"complete epoch(s), {summary['images_per_second']:.0f} img/s "
               f"({summary['train_seconds'] / 60:.1f} min); run folder {args.out}")
+        if summary["stopped_by"] == "time limit":
+            print(f"stopped by --time-limit {args.time_limit:g} with "
+                  f"{summary['epochs_completed']} of {summary['epochs_planned']} epochs "
+                  f"complete: continue with the same command, --resume and a longer "
+                  f"--time-limit (it counts the training time before a resume too) or none")
     elif args.command == "eval":
         from minissc.train import evaluate_checkpoint
         result = evaluate_checkpoint(args.checkpoint, args.data_dir, not args.no_download,

@@ -304,6 +304,19 @@ def test_the_epoch_axis_has_whole_epochs_only(epochs):
 
 # -- the command line ---------------------------------------------------------------------------
 
+def test_cli_says_how_to_continue_a_run_the_time_limit_stopped(data_dir, tmp_path, capsys):
+    argv = ["train", "--r", "4", "--epochs", "2", "--subset", "100", "--batch-size", "25",
+            "--data-dir", data_dir, "--out", str(tmp_path / "run"), "--no-download",
+            "--no-progress"]
+    assert cli.main(argv + ["--time-limit", "1e-4"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "stopped by --time-limit 0.0001 with 0 of 2 epochs complete: continue with the same "
+        "command, --resume and a longer --time-limit (it counts the training time before a "
+        "resume too) or none")
+    assert cli.main(argv + ["--resume"]) == 0
+    assert "stopped by" not in capsys.readouterr().out
+
+
 def test_cli_train_plot_eval_and_summary(data_dir, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--model", "sscresnet20", "--r", "4", "--epochs", "1",
