@@ -77,7 +77,8 @@ def install_timers(seconds, calls):
 
 
 def profile(name, options, batch, steps):
-    """Per-step seconds of every (op label, phase), of the step's parts, and calls per step."""
+    """Per-step seconds of every (op label, phase), of the step's parts, calls per step, and
+    where the CPUs went over the steps after the first (`run.cpu_use`)."""
     model = run.build_minissc(name, options)
     images, labels = run.random_batch(batch)
     optimizer = SGD(model.parameters(), lr=run.LR, momentum=run.MOMENTUM,
@@ -93,6 +94,7 @@ def profile(name, options, batch, steps):
                 op_seconds.clear()
                 parts.clear()
                 calls.clear()
+                mark = run.cpu_mark()
             start = time.perf_counter()
             loss = F.cross_entropy(model(Tensor(images)), labels)
             forward_done = time.perf_counter()
@@ -105,9 +107,11 @@ def profile(name, options, batch, steps):
             parts["optimizer step"] += time.perf_counter() - backward_done
     finally:
         remove()
+    timing = dict(run.training_cpu_since(mark), train_step_s=[sum(parts.values())])
     return ({key: value / steps for key, value in op_seconds.items()},
             {key: value / steps for key, value in parts.items()},
-            {key: value // steps for key, value in calls.items()})
+            {key: value // steps for key, value in calls.items()},
+            run.cpu_use(timing))
 
 
 def main(argv=None):
@@ -124,7 +128,7 @@ def main(argv=None):
     options = {"sscresnet20": {"r": args.r or 1}, "shiftresnet20": {"e": args.e or 3},
                "resnet20": {}}[args.model]
     run.set_threads(args.threads)
-    op_seconds, parts, calls = profile(args.model, options, args.batch, args.steps)
+    op_seconds, parts, calls, use = profile(args.model, options, args.batch, args.steps)
     step = sum(parts.values())
     ops = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
     for (label, phase), seconds in op_seconds.items():
@@ -147,7 +151,10 @@ def main(argv=None):
 
     label = run.model_label(args.model, options)
     print(f"{label}, batch {args.batch}, {args.threads} threads: {1000 * step:.0f} ms per training "
-          f"step ({args.batch / step:.1f} img/s), mean of {args.steps} steps after the first")
+          f"step ({args.batch / step:.1f} img/s), mean of {args.steps} steps after the first; "
+          f"the process used {use['cores']:.2f} cores"
+          + (f", the VM lost {100 * use['steal']:.1f}% of its CPU time to steal"
+             if "steal" in use else ""))
     print(f"{'op and input shapes':100s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}")
     for row in rows:
         total = row["forward_ms"] + row["backward_ms"]
@@ -159,7 +166,8 @@ def main(argv=None):
     if args.out:
         args.out.write_text(json.dumps(dict(
             meta=run.machine_info(args.threads, None), model=label, batch=args.batch,
-            steps=args.steps, step_ms=1000 * step, rows=rows, by_op=by_kind), indent=1))
+            steps=args.steps, step_ms=1000 * step, cpu_use=use, rows=rows, by_op=by_kind),
+            indent=1))
     return 0
 
 

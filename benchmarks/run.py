@@ -68,6 +68,7 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 RESULT_MARK = "@@result "
 BUSY_LOAD = 0.5  # a 1-minute load average above this at the start gets a note
 BUSY_SHARE = 0.1  # other processes using more than this share of all CPUs: a warning
+STEAL_SHARE = 0.05  # the host taking more than this share of the VM's CPUs: a warning
 # minissc asks glibc to keep freed memory for the next allocation (`minissc.runtime`); torch
 # leaves malloc as it is, so its large buffers go back to the kernel when freed and page-fault
 # in afresh at every step. "torch, freed memory kept" is torch run with the same two malloc
@@ -209,23 +210,26 @@ def machine_speed(repeats: int = 21) -> dict:
             "matmul_gflop_per_s": round(2 * 512**3 / matmul_s / 1e9, 2)}
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat; None off Linux."""
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy, total, steal) clock ticks of all CPUs since boot, from /proc/stat; None off
+    Linux. Steal is time a virtual CPU was ready to run but the hypervisor ran something else
+    (0 on bare metal); busy counts it."""
     try:
         fields = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     except (OSError, ValueError):
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields) - idle, sum(fields), steal
 
 
 def cpu_busy_share(seconds: float = 1.0) -> float | None:
     """Share of all CPUs' time that was busy over the next `seconds`, while this process
     sleeps: what other processes use now (the load average lags by a minute). None where
     /proc/stat is missing."""
-    before = _cpu_jiffies()
+    before = cpu_ticks()
     time.sleep(seconds)
-    after = _cpu_jiffies()
+    after = cpu_ticks()
     if before is None or after is None or after[1] == before[1]:
         return None
     return round((after[0] - before[0]) / (after[1] - before[1]), 3)
@@ -849,17 +853,54 @@ def check_network(torch, name: str, options: dict):
 
 
 def time_steps(train_step, infer_step, batch: int, config: dict) -> dict:
-    """First call (warm-up) and steady-state median of training and inference steps."""
+    """First call (warm-up) and steady-state median of training and inference steps, and
+    where the CPUs went during the timed training steps (`cpu_use`)."""
     result = {}
     for kind, step, steps in (("train", train_step, config["train_steps"]),
                               ("infer", infer_step, config["infer_steps"])):
         times = []
-        for _ in range(steps + 1):
+        for index in range(steps + 1):
+            if index == 1:
+                mark = cpu_mark()
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
         result.update(_step_timing(kind, times[0], times[1:], batch))
+        if kind == "train":
+            result.update(training_cpu_since(mark))
     return result
+
+
+def cpu_mark() -> tuple:
+    """This process's CPU seconds and the CPUs' clock ticks (`cpu_ticks`) now."""
+    return time.process_time(), cpu_ticks()
+
+
+def training_cpu_since(mark: tuple) -> dict:
+    """The process's CPU seconds, and the VM's steal and total clock ticks, since `mark`, as
+    the keys of a `time_steps` result that `cpu_use` reads."""
+    cpu_before, ticks_before = mark
+    ticks = cpu_ticks()
+    used = {"train_process_cpu_s": time.process_time() - cpu_before}
+    if ticks_before is not None and ticks is not None:
+        used.update(train_steal_ticks=ticks[2] - ticks_before[2],
+                    train_all_ticks=ticks[1] - ticks_before[1])
+    return used
+
+
+def cpu_use(timing: dict) -> dict:
+    """Where the CPUs went during the timed training steps of a `time_steps` result: cores =
+    the process's CPU seconds (all its threads) per second of steps, at most the thread
+    count (less is time spent waiting: one thread's Python, a thread idle at a barrier);
+    steal = the share of all the VM's CPU time that its hypervisor gave to something else.
+    A slow run with steal is a busy host, not slower code. Empty for runs before these were
+    recorded (2026-12-03d)."""
+    if "train_process_cpu_s" not in timing:
+        return {}
+    use = {"cores": timing["train_process_cpu_s"] / sum(timing["train_step_s"])}
+    if timing.get("train_all_ticks"):
+        use["steal"] = timing["train_steal_ticks"] / timing["train_all_ticks"]
+    return use
 
 
 def _step_timing(kind: str, first_seconds: float, step_seconds: list, batch: int) -> dict:
@@ -870,11 +911,14 @@ def _step_timing(kind: str, first_seconds: float, step_seconds: list, batch: int
 
 def merge_step_rounds(per_round, batch: int) -> dict:
     """`time_steps` results of several rounds as one: the steps pooled, medians over the
-    pool, the first step of the first round."""
+    pool, the first step of the first round, CPU seconds and clock ticks summed."""
     result = {}
     for kind in ("train", "infer"):
         steps = [t for timing in per_round for t in timing[f"{kind}_step_s"]]
         result.update(_step_timing(kind, per_round[0][f"{kind}_first_step_s"], steps, batch))
+    for key in ("train_process_cpu_s", "train_steal_ticks", "train_all_ticks"):
+        if all(key in timing for timing in per_round):
+            result[key] = sum(timing[key] for timing in per_round)
     return result
 
 
@@ -1181,6 +1225,34 @@ def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _cpu_use_lines(networks: list[dict]) -> list[str]:
+    """The report's table of `cpu_use` for each network and framework; none for runs that
+    did not record it."""
+    frameworks = [name for name in ("minissc", "torch", TORCH_KEPT)
+                  if any(cpu_use(network.get(name, {})) for network in networks)]
+    if not frameworks:
+        return []
+    lines = ["", "CPU use over the timed training steps: cores = the process's CPU seconds per "
+                 "second (of the threads), steal = the VM's CPU time its host gave to others",
+             f"{'model':18} " + " ".join(f"{name + ' cores':>16} {'steal':>6}"
+                                          for name in frameworks)]
+    for network in networks:
+        cells = []
+        for name in frameworks:
+            use = cpu_use(network.get(name, {}))
+            cells.append(f"{use['cores']:>16.2f} " if "cores" in use else f"{'-':>16} ")
+            cells[-1] += f"{100 * use['steal']:>5.1f}%" if "steal" in use else f"{'-':>6}"
+        lines.append(f"{network['label']:18} " + " ".join(cells))
+    worst = max((cpu_use(network.get(name, {})).get("steal", 0.0), network["label"], name)
+                for network in networks for name in frameworks)
+    if worst[0] > STEAL_SHARE:
+        lines.append(f"WARNING: the VM's host took {100 * worst[0]:.0f}% of its CPU time while "
+                     f"{worst[2]} timed {worst[1]} (steal): a thread that loses its CPU holds up "
+                     f"the other at every parallel region, so these rates say more about the "
+                     f"host than about the code")
+    return lines
+
+
 def format_report(results: dict) -> str:
     meta, config = results["meta"], results["config"]
     lines = [f"minissc benchmark, {config['mode']} mode, batch {config['batch']}, "
@@ -1204,8 +1276,11 @@ def format_report(results: dict) -> str:
     if results.get("error"):
         lines.append(f"ERROR: {results['error']}")
     if meta.get("section_seconds"):
+        steal = meta.get("section_steal", {})  # since 2026-12-03d
         lines.append("section times: " + ", ".join(
-            f"{name} {seconds:.0f} s" for name, seconds in meta["section_seconds"].items())
+            f"{name} {seconds:.0f} s" + (f" (steal {100 * steal[name]:.1f}%)" if name in steal
+                                         else "")
+            for name, seconds in meta["section_seconds"].items())
             + f"; load average at end {meta.get('load_average_at_end', [0])[0]:.2f}")
 
     if results.get("layers"):
@@ -1272,6 +1347,7 @@ def format_report(results: dict) -> str:
                 f"{_ratio(network.get('infer_speedup')):>8} "
                 f"{rate(kept, 'infer_images_per_s'):>10} "
                 f"{_ratio(network.get('infer_speedup_vs_torch_kept')):>8}")
+        lines += _cpu_use_lines(results["networks"])
 
     if results.get("memory"):
         lines += ["", f"3. Training memory (MB), fresh process per row, {config['memory_steps']} "
@@ -1414,7 +1490,7 @@ def main(argv=None) -> int:
             continue
         title, run_section = sections[name]
         log(title)
-        section_start = time.perf_counter()
+        section_start, ticks_before = time.perf_counter(), cpu_ticks()
         try:
             results[name] = run_section()
         except EquivalenceError as error:
@@ -1425,6 +1501,10 @@ def main(argv=None) -> int:
                 f"compute different\nthings, so the benchmark stops here.\n{error}\n{banner}")
             return 2
         results["meta"]["section_seconds"][name] = time.perf_counter() - section_start
+        ticks = cpu_ticks()
+        if ticks is not None and ticks_before is not None and ticks[1] > ticks_before[1]:
+            results["meta"].setdefault("section_steal", {})[name] = (
+                (ticks[2] - ticks_before[2]) / (ticks[1] - ticks_before[1]))
         results["meta"][f"load_average_after_{name}"] = os.getloadavg()
         write_json(out, results)  # partial results survive a crash in a later section
     results["targets"] = evaluate_targets(results)

@@ -6,7 +6,9 @@
 
 Each row is one JSON file written by `run.py`: its commit, the CPU it ran on, the machine-speed
 probes at its start (runs before 2026-12-02n have none), PyTorch's sscresnet20 r=1 training
-rate (how fast the machine was for the other side of the ratios), then every target's value
+rate (how fast the machine was for the other side of the ratios), the share of the VM's CPU
+time its host took (steal) while each side timed r=1's training steps (runs before
+2026-12-03d have none), then every target's value
 as `run.py` judged it, in bold where it missed. The last column counts the misses. Nothing is
 recomputed: the values are the ones the run saved.
 """
@@ -54,6 +56,16 @@ def torch_r1_rate(results: dict) -> str:
     return f"{torch['train_images_per_s']:.1f}" if torch else "-"
 
 
+def r1_steal(results: dict) -> str:
+    """'minissc's steal, torch's' over r=1's timed training steps, or '-'."""
+    network = benchmark._network(results, "sscresnet20", {"r": 1}) or {}
+    shares = [benchmark.cpu_use(network.get(side, {})).get("steal")
+              for side in ("minissc", "torch")]
+    if all(share is None for share in shares):
+        return "-"
+    return ", ".join("-" if share is None else f"{100 * share:.0f}%" for share in shares)
+
+
 def probes(meta: dict) -> str:
     speed = meta.get("speed_at_start")
     if not speed:
@@ -67,9 +79,9 @@ def table(paths: list[Path]) -> str:
     if not runs:
         raise SystemExit("no benchmark results with targets among the files given")
     headers = [header(target) for target in runs[-1][1]["targets"]]
-    lines = ["| run | commit | CPU | probes at start | torch r=1 img/s | " + " | ".join(headers)
-             + " | missed |",
-             "|---" * (len(headers) + 6) + "|"]
+    lines = ["| run | commit | CPU | probes at start | torch r=1 img/s | r=1 steal (minissc, "
+             "torch) | " + " | ".join(headers) + " | missed |",
+             "|---" * (len(headers) + 7) + "|"]
     for path, results in runs:
         meta, targets = results["meta"], results["targets"]
         if [header(target) for target in targets] != headers:
@@ -78,6 +90,7 @@ def table(paths: list[Path]) -> str:
         cpu = meta.get("cpu", "?").replace("(R)", "").replace(" Processor", "")
         lines.append(f"| {path.stem.removeprefix('full-')} | {meta.get('git_commit', '?')[:7]} "
                      f"| {cpu} | {probes(meta)} | {torch_r1_rate(results)} | "
+                     f"{r1_steal(results)} | "
                      + " | ".join(cell(target) for target in targets) + f" | {missed} |")
     return "\n".join(lines)
 

@@ -103,6 +103,62 @@ def test_cpu_busy_share_is_a_share_or_none():
     assert share is None or 0.0 <= share <= 1.0
 
 
+def test_time_steps_counts_the_cpu_seconds_of_the_timed_training_steps_only(monkeypatch):
+    cpu_clock = [0.0]  # the process's CPU seconds, advanced by the steps alone
+    monkeypatch.setattr(benchmark.time, "process_time", lambda: cpu_clock[0])
+
+    def step(cpu_seconds):
+        return lambda: cpu_clock.__setitem__(0, cpu_clock[0] + cpu_seconds)
+
+    timing = benchmark.time_steps(step(1.0), step(10.0), 128, dict(train_steps=3, infer_steps=2))
+    assert timing["train_process_cpu_s"] == 3.0  # not the first (warm-up) step, no inference
+    if "train_all_ticks" in timing:  # Linux
+        assert 0 <= timing["train_steal_ticks"] <= timing["train_all_ticks"]
+
+
+def test_cpu_use_sums_the_rounds_and_is_empty_for_older_runs():
+    rounds = [{"train_step_s": [1.0, 1.0], "train_first_step_s": 3.0, "infer_step_s": [0.5],
+               "infer_first_step_s": 1.0, "train_process_cpu_s": cpu, "train_steal_ticks": steal,
+               "train_all_ticks": 400} for cpu, steal in ((3.0, 0), (4.0, 80))]
+    merged = benchmark.merge_step_rounds(rounds, 128)
+    assert benchmark.cpu_use(merged) == {"cores": 7.0 / 4.0, "steal": 80 / 800}
+    assert benchmark.cpu_use(_steps(150.0)) == {}
+
+
+def test_report_shows_cpu_use_when_the_run_recorded_it():
+    results = _results(with_torch=True)
+    assert "CPU use" not in benchmark.format_report(results)  # runs before 2026-12-03d
+    for network in results["networks"]:
+        network["minissc"].update(train_step_s=[1.0], train_process_cpu_s=1.8,
+                                  train_steal_ticks=3, train_all_ticks=200)
+    lines = benchmark.format_report(results).splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("CPU use")))
+    assert lines[header + 1].split() == ["model", "minissc", "cores", "steal"]
+    assert lines[header + 2].split() == ["resnet20", "1.80", "1.5%"]
+
+
+def test_report_warns_when_the_host_took_the_vms_cpus_during_the_steps():
+    results = _results(with_torch=True)
+    for network in results["networks"]:
+        for side in ("minissc", "torch"):
+            network[side].update(train_step_s=[1.0], train_process_cpu_s=1.8,
+                                 train_steal_ticks=4, train_all_ticks=200)
+    assert "WARNING: the VM's host" not in benchmark.format_report(results)  # 2% steal
+    results["networks"][2]["torch"]["train_steal_ticks"] = 60
+    warning = next(line for line in benchmark.format_report(results).splitlines()
+                   if line.startswith("WARNING: the VM's host"))
+    assert "took 30% of its CPU time while torch timed shiftresnet20 e=9" in warning
+
+
+def test_report_gives_each_sections_steal_when_recorded():
+    results = _results(with_torch=True)
+    results["meta"]["section_seconds"] = {"layers": 600.0, "networks": 880.0}
+    assert "section times: layers 600 s, networks 880 s;" in benchmark.format_report(results)
+    results["meta"]["section_steal"] = {"layers": 0.012, "networks": 0.25}
+    assert ("section times: layers 600 s (steal 1.2%), networks 880 s (steal 25.0%);"
+            in benchmark.format_report(results))
+
+
 def test_report_header_shows_how_busy_the_cpus_were_when_measured():
     results = _results(with_torch=False)
     results["targets"] = benchmark.evaluate_targets(results)
@@ -128,21 +184,26 @@ def test_summary_has_a_row_per_run_with_its_misses_in_bold(tmp_path):
     runs = []
     for name, torch_rate in (("full-a", 15.0), ("full-b", 30.0)):
         results = _results(with_torch=True)
-        next(n for n in results["networks"] if n["label"] == "sscresnet20 r=1")["torch"][
-            "train_images_per_s"] = torch_rate
+        r1 = next(n for n in results["networks"] if n["label"] == "sscresnet20 r=1")
+        r1["torch"]["train_images_per_s"] = torch_rate
+        if name == "full-b":  # recorded steal (runs since 2026-12-03d)
+            for side, steal in (("minissc", 4), ("torch", 30)):
+                r1[side].update(train_step_s=[1.0], train_process_cpu_s=1.8,
+                                train_steal_ticks=steal, train_all_ticks=200)
         results["meta"]["speed_at_start"] = {"copy_gb_per_s": 12.34, "matmul_gflop_per_s": 98.7}
         results["targets"] = benchmark.evaluate_targets(results)
         runs.append(tmp_path / f"{name}.json")
         runs[-1].write_text(json.dumps(results))
     lines = summarize.table(runs).splitlines()
     assert lines[0].startswith("| run | commit | CPU | probes at start | torch r=1 img/s | "
-                               "SSC layer, worst shape >= 5x | r=1 vs torch >= 10x |")
+                               "r=1 steal (minissc, torch) | SSC layer, worst shape >= 5x | "
+                               "r=1 vs torch >= 10x |")
     assert "| r=1 training >= 200 img/s |" in lines[0] and lines[0].endswith("| missed |")
     cells = [cell.strip() for cell in lines[2].split("|")[1:-1]]
-    assert cells[:5] == ["a", "abc", "cpu", "12.3 GB/s, 99 GFLOP/s", "15.0"]
-    assert cells[5:] == ["**4.00x**", "10.00x", "10.00x", "10.00x", "**150.0**", "n/a", "n/a",
+    assert cells[:6] == ["a", "abc", "cpu", "12.3 GB/s, 99 GFLOP/s", "15.0", "-"]
+    assert cells[6:] == ["**4.00x**", "10.00x", "10.00x", "10.00x", "**150.0**", "n/a", "n/a",
                          "2"]
-    assert lines[3].split("|")[5].strip() == "30.0"
+    assert [cell.strip() for cell in lines[3].split("|")[5:7]] == ["30.0", "2%, 15%"]
 
 
 def test_summary_refuses_runs_with_different_targets(tmp_path):

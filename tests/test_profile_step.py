@@ -12,7 +12,8 @@ import profile_step  # noqa: E402
 
 def test_profile_counts_every_op_call_and_removes_its_timers():
     original_forwards = SSCConv2d.forward, BatchNormReLUSSCConv2d.forward
-    op_seconds, parts, calls = profile_step.profile("sscresnet20", {"r": 4}, batch=2, steps=2)
+    op_seconds, parts, calls, use = profile_step.profile("sscresnet20", {"r": 4}, batch=2,
+                                                         steps=2)
     model = profile_step.run.build_minissc("sscresnet20", {"r": 4})
     ssc_layers = sum(isinstance(m, nn.SSCConv2d) for _, m in model.named_modules())
     assert ssc_layers > 0
@@ -27,3 +28,4 @@ def test_profile_counts_every_op_call_and_removes_its_timers():
     ops_forward = sum(s for (_, phase), s in op_seconds.items() if phase == "forward")
     assert 0 < ops_forward <= parts["forward"]
     assert (SSCConv2d.forward, BatchNormReLUSSCConv2d.forward) == original_forwards
+    assert use["cores"] > 0
