@@ -129,12 +129,53 @@ def test_report_shows_cpu_use_when_the_run_recorded_it():
     results = _results(with_torch=True)
     assert "CPU use" not in benchmark.format_report(results)  # runs before 2026-12-03d
     for network in results["networks"]:
-        network["minissc"].update(train_step_s=[1.0], train_process_cpu_s=1.8,
-                                  train_steal_ticks=3, train_all_ticks=200)
+        network["minissc"].update(train_step_s=[1.0, 0.5, 2.0], train_process_cpu_s=6.3,
+                                  train_steal_ticks=3, train_all_ticks=700,
+                                  train_step_steal=[0.0, 0.01, 0.3])
     lines = benchmark.format_report(results).splitlines()
     header = lines.index(next(line for line in lines if line.startswith("CPU use")))
-    assert lines[header + 1].split() == ["model", "minissc", "cores", "steal"]
-    assert lines[header + 2].split() == ["resnet20", "1.80", "1.5%"]
+    assert lines[header + 1].split() == ["model", "minissc", "cores", "steal", "quiet"]
+    # quiet: the steps of 1.0 and 0.5 s, median 0.75 s, 128 / 0.75 images/s
+    assert lines[header + 2].split() == ["resnet20", "1.80", "0.4%", "170.7", "(2/3)"]
+
+
+def test_time_steps_records_each_timed_training_steps_steal(monkeypatch):
+    ticks = [(0, 0, 0)]  # (busy, total, steal) clock ticks, 100 a step, steal as given
+
+    def step(steal):
+        def run():
+            busy, total, stolen = ticks[0]
+            ticks[0] = (busy + 100, total + 100, stolen + steal)
+        return run
+
+    steals = iter([50, 0, 20, 3])  # the first step (warm-up) has 50
+    monkeypatch.setattr(benchmark, "cpu_ticks", lambda: ticks[0])
+    timing = benchmark.time_steps(lambda: step(next(steals))(), lambda: None, 128,
+                                  dict(train_steps=3, infer_steps=1))
+    assert timing["train_step_steal"] == [0.0, 0.2, 0.03]
+    assert (timing["train_steal_ticks"], timing["train_all_ticks"]) == (23, 300)
+    merged = benchmark.merge_step_rounds([timing, timing], 128)
+    assert merged["train_step_steal"] == [0.0, 0.2, 0.03] * 2
+    rate, quiet, steps = benchmark.quiet_rate(merged, 128)
+    assert (quiet, steps) == (4, 6)
+    assert benchmark.quiet_rate(_steps(150.0), 128) is None  # runs before 2026-12-03d
+
+
+def test_targets_give_the_ratio_over_the_steps_the_host_left_alone():
+    results = _results(with_torch=True)
+    r1 = next(n for n in results["networks"] if n["label"] == "sscresnet20 r=1")
+    r1["minissc"].update(train_step_s=[0.64, 0.5, 1.0], train_step_steal=[0.0, 0.0, 0.3])
+    r1["torch"].update(train_step_s=[8.0, 9.0, 6.4], train_step_steal=[0.2, 0.3, 0.01])
+    targets = {t["target"]: t for t in benchmark.evaluate_targets(results)}
+    assert targets["sscresnet20 r=1 training vs torch"]["detail"] == (
+        "vs torch with freed memory kept: 3.00x; over the steps with at most 5% steal: "
+        "11.23x (2 and 1 of 3 and 3 steps)")  # 6.4 / 0.57
+    assert targets["sscresnet20 r=1 training images/s"]["detail"] == (
+        "over the steps with at most 5% steal: 224.6 (2/3)")
+    r1["torch"]["train_step_steal"] = [0.2, 0.3, 0.4]
+    targets = {t["target"]: t for t in benchmark.evaluate_targets(results)}
+    assert targets["sscresnet20 r=1 training vs torch"]["detail"].endswith(
+        "steal: n/a (2 and 0 of 3 and 3 steps)")
 
 
 def test_report_warns_when_the_host_took_the_vms_cpus_during_the_steps():
