@@ -885,7 +885,6 @@ def time_steps(train_step, infer_step, batch: int, config: dict) -> dict:
     return result
 
 
-
 def cpu_mark() -> tuple:
     """This process's CPU seconds and the CPUs' clock ticks (`cpu_ticks`) now."""
     return time.process_time(), cpu_ticks()
@@ -898,7 +897,7 @@ def training_cpu_since(mark: tuple) -> dict:
     ticks = cpu_ticks()
     used = {"train_process_cpu_s": time.process_time() - cpu_before}
     if ticks_before is not None and ticks is not None:
-        used.update(train_steal_ticks=ticks[2] - ticks_before[2],
+        used.update(train_steal_ticks=ticks[STEAL_TICKS] - ticks_before[STEAL_TICKS],
                     train_all_ticks=ticks[1] - ticks_before[1])
     return used
 

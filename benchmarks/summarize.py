@@ -8,9 +8,9 @@ Each row is one JSON file written by `run.py`: its commit, the CPU it ran on, th
 probes at its start (runs before 2026-12-02n have none), PyTorch's sscresnet20 r=1 training
 rate (how fast the machine was for the other side of the ratios), the share of the VM's CPU
 time its host took (steal) while each side timed r=1's training steps (runs before
-2026-12-03d have none), then every target's value
-as `run.py` judged it, in bold where it missed. The last column counts the misses. Nothing is
-recomputed: the values are the ones the run saved.
+2026-12-03d have none), then every target's value as `run.py` judged it, in bold where it
+missed. The last column counts the misses. Nothing is recomputed: the values are the ones
+the run saved.
 """
 from __future__ import annotations
 
