@@ -95,10 +95,6 @@ def table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
-NETWORKS = [("sscresnet20", {"r": 1}), ("sscresnet20", {"r": 2}), ("shiftresnet20", {"e": 3}),
-            ("shiftresnet20", {"e": 9}), ("resnet20", {})]
-
-
 def spread(values: list[float], unit: str = "") -> str:
     """'median (lowest-highest)', to three significant figures."""
     low, median, high = (f"{v:.3g}" for v in (min(values), statistics.median(values),
@@ -116,7 +112,7 @@ def across_runs(paths: list[Path], cpu: str) -> str:
     lines = [f"{len(runs)} runs on {cpu}: training images/s, median (lowest-highest)", "",
              "| model | minissc | PyTorch | ratio | PyTorch, freed memory kept | ratio |",
              "|---|---|---|---|---|---|"]
-    for name, options in NETWORKS:
+    for name, options in benchmark.NETWORK_MODELS:
         networks = [benchmark._network(r, name, options) for r in runs]
 
         def rate(side):

@@ -69,7 +69,8 @@ def curves_figure(histories: list[tuple[str, list[dict]]]) -> Figure:
     loss_ax.set(title="loss (dashed: train, solid: test)", xlabel="epoch", ylabel="cross-entropy")
     acc_ax.set(title="accuracy (dashed: train, solid: test)", xlabel="epoch", ylabel="%")
     any_partial = any(row.get("partial") for _, history in histories for row in history)
-    gap_ax.set(title="train - test accuracy gap" + (" (hollow: partial epoch)" * any_partial),
+    gap_ax.set(title="train - test accuracy gap" + (" (hollow: partial epoch)" if any_partial
+                                                    else ""),
                xlabel="epoch", ylabel="percentage points")
     gap_ax.axhline(0, color="grey", linewidth=0.8)
     loss_ax.legend(fontsize=8)
