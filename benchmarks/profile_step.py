@@ -3,8 +3,9 @@
 The script wraps the forward and backward of every autograd `Function` of
 `minissc.functional` with a timer (here only; the library has no hooks), runs training steps of
 one model on a random batch (forward in train mode, cross-entropy, backward, SGD step) and
-prints, per op and input shape, calls per step and forward and backward milliseconds per step.
-Three more rows take the rest of the step: the forward's and the backward's time outside the
+prints, per op and input shape, calls per step, forward and backward milliseconds per step and
+the rate of the op's products (GFLOP/s, `product_flops`), beside a one-thread matrix product's
+rate on this machine. Three more rows take the rest of the step: the forward's and the backward's time outside the
 ops (modules, graph walk, gradient sums of branching tensors) and the optimiser step. The
 first step (Numba's compile or cache load) is not counted. Run it on an idle machine:
 
@@ -41,10 +42,32 @@ def _is_scalar(value):
     return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
-def install_timers(seconds, calls):
+PRODUCT_OPS = {"Conv2d", "GroupPointwiseConv2d", "SSCConv2d", "BatchNormReLUSSCConv2d", "Linear"}
+
+
+def product_flops(name, arrays, out):
+    """Floating-point operations (two per multiply-add) of the products in one forward call of
+    the op `name` on `arrays` giving `out`: for a convolution, SSC, group point-wise or linear
+    layer, 2 * weight.size * output positions (N * Ho * Wo; N for a linear layer), as
+    `minissc.summary.layer_macs` counts them; for the SSC module's op, its 1x1 convolution and
+    SSC1 at the input's positions plus SSC2 at the output's. 0 for the ops without products
+    (batch norms, ReLU, sums, pooling, the loss: a few operations per value, bound by memory).
+    The backward of every counted op does twice these products (the input's gradient and the
+    weight's), so a training call does three times this. What a kernel recomputes (SSC2's
+    input gradient in SSC1's backward) is not counted: these are the maths' products."""
+    if name == "BatchNormReLUSSCPair":
+        x, conv_weight, weight1, _, _, weight2 = arrays[:6]
+        conv_size = 0 if conv_weight is None else conv_weight.size
+        return 2 * ((conv_size + weight1.size) * (x.size // x.shape[1])
+                    + weight2.size * (out.size // out.shape[1]))
+    return 2 * arrays[1].size * (out.size // out.shape[1]) if name in PRODUCT_OPS else 0
+
+
+def install_timers(seconds, calls, flops):
     """Wrap every Function's forward and backward so that they add their time to
-    seconds[(op label, "forward" or "backward")] and count forwards in calls[op label];
-    returns a function that removes the wraps."""
+    seconds[(op label, "forward" or "backward")], count forwards in calls[op label] and set
+    flops[op label] to a forward call's `product_flops`; returns a function that removes the
+    wraps."""
     originals = []
 
     def timed_forward(forward, name):
@@ -54,6 +77,7 @@ def install_timers(seconds, calls):
             out = forward(ctx, *arrays, **params)
             seconds[ctx.profile_label, "forward"] += time.perf_counter() - start
             calls[ctx.profile_label] += 1
+            flops[ctx.profile_label] = product_flops(name, arrays, out)
             return out
         return wrapper
 
@@ -77,8 +101,9 @@ def install_timers(seconds, calls):
 
 
 def profile(name, options, batch, steps):
-    """Per-step seconds of every (op label, phase), of the step's parts, calls per step, and
-    where the CPUs went over the steps after the first (`run.cpu_use`)."""
+    """Per-step seconds of every (op label, phase), of the step's parts, calls per step, where
+    the CPUs went over the steps after the first (`run.cpu_use`), and each op label's
+    `product_flops` per forward call."""
     model = run.build_minissc(name, options)
     images, labels = run.random_batch(batch)
     optimizer = SGD(model.parameters(), lr=run.LR, momentum=run.MOMENTUM,
@@ -86,8 +111,9 @@ def profile(name, options, batch, steps):
     op_seconds = collections.defaultdict(float)
     parts = collections.defaultdict(float)
     calls = collections.Counter()
+    flops = {}
     model.train()
-    remove = install_timers(op_seconds, calls)
+    remove = install_timers(op_seconds, calls, flops)
     try:
         for step in range(steps + 1):
             if step == 1:  # step 0 compiled or loaded the kernels: start counting now
@@ -111,7 +137,7 @@ def profile(name, options, batch, steps):
     return ({key: value / steps for key, value in op_seconds.items()},
             {key: value / steps for key, value in parts.items()},
             {key: value // steps for key, value in calls.items()},
-            run.cpu_use(timing))
+            run.cpu_use(timing), flops)
 
 
 def main(argv=None):
@@ -128,13 +154,15 @@ def main(argv=None):
     options = {"sscresnet20": {"r": args.r or 1}, "shiftresnet20": {"e": args.e or 3},
                "resnet20": {}}[args.model]
     run.set_threads(args.threads)
-    op_seconds, parts, calls, use = profile(args.model, options, args.batch, args.steps)
+    op_seconds, parts, calls, use, flops = profile(args.model, options, args.batch, args.steps)
     step = sum(parts.values())
+    matmul = run.machine_speed()["matmul_gflop_per_s"]
     ops = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
     for (label, phase), seconds in op_seconds.items():
         ops[label][phase] = seconds
     rows = [dict(op=label, kind=label.split(" ")[0], calls=calls[label],
-                 forward_ms=1000 * t["forward"], backward_ms=1000 * t["backward"])
+                 forward_ms=1000 * t["forward"], backward_ms=1000 * t["backward"],
+                 gflop=3 * calls[label] * flops[label] / 1e9)
             for label, t in ops.items()]
     outside = {"forward": parts["forward"] - sum(t["forward"] for t in ops.values()),
                "backward": parts["backward"] - sum(t["backward"] for t in ops.values())}
@@ -143,7 +171,7 @@ def main(argv=None):
             ("backward outside the ops", 0.0, 1000 * outside["backward"]),
             ("optimizer step", 0.0, 1000 * parts["optimizer step"])):
         rows.append(dict(op=name, kind=name, calls=1, forward_ms=forward_ms,
-                         backward_ms=backward_ms))
+                         backward_ms=backward_ms, gflop=0.0))
     rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
     by_kind = collections.defaultdict(float)
     for row in rows:
@@ -155,18 +183,24 @@ def main(argv=None):
           f"the process used {use['cores']:.2f} cores"
           + (f", the VM lost {100 * use['steal']:.1f}% of its CPU time to steal"
              if "steal" in use else ""))
-    print(f"{'op and input shapes':100s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}")
+    gflop = sum(row["gflop"] for row in rows)
+    print(f"its products: {gflop:.2f} GFLOP a step, {gflop / step:.1f} GFLOP/s; a 512 x 512 matrix "
+          f"product on one thread ran at {matmul:.1f} GFLOP/s here")
+    print(f"{'op and input shapes':100s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}"
+          f"{'GFLOP/s':>9s}")
     for row in rows:
         total = row["forward_ms"] + row["backward_ms"]
+        rate = f"{row['gflop'] / (total / 1000):9.1f}" if row["gflop"] and total else ""
         print(f"{row['op'][:100]:100s}{row['calls']:6d}{row['forward_ms']:9.1f}"
-              f"{row['backward_ms']:9.1f}{100 * total / (1000 * step):6.1f}%")
+              f"{row['backward_ms']:9.1f}{100 * total / (1000 * step):6.1f}%{rate}")
     print("\nby op (forward + backward ms per step):")
     for name, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
         print(f"  {name:30s}{ms:8.1f}  {100 * ms / (1000 * step):5.1f}%")
     if args.out:
         args.out.write_text(json.dumps(dict(
             meta=run.machine_info(args.threads, None), model=label, batch=args.batch,
-            steps=args.steps, step_ms=1000 * step, cpu_use=use, rows=rows, by_op=by_kind),
+            steps=args.steps, step_ms=1000 * step, cpu_use=use, gflop=gflop,
+            matmul_gflop_per_s=matmul, rows=rows, by_op=by_kind),
             indent=1))
     return 0
 

@@ -1,9 +1,13 @@
 """benchmarks/profile_step.py: its timers see every op call of a step and leave the ops as
 they were (the profile of issue 4's closing note rests on both)."""
+import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from minissc import nn
+from minissc.summary import summarize
 from minissc.functional import BatchNormReLUSSCConv2d, SSCConv2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -12,8 +16,8 @@ import profile_step  # noqa: E402
 
 def test_profile_counts_every_op_call_and_removes_its_timers():
     original_forwards = SSCConv2d.forward, BatchNormReLUSSCConv2d.forward
-    op_seconds, parts, calls, use = profile_step.profile("sscresnet20", {"r": 4}, batch=2,
-                                                         steps=2)
+    op_seconds, parts, calls, use, _ = profile_step.profile("sscresnet20", {"r": 4}, batch=2,
+                                                            steps=2)
     model = profile_step.run.build_minissc("sscresnet20", {"r": 4})
     ssc_layers = sum(isinstance(m, nn.SSCConv2d) for _, m in model.named_modules())
     assert ssc_layers > 0
@@ -29,3 +33,32 @@ def test_profile_counts_every_op_call_and_removes_its_timers():
     assert 0 < ops_forward <= parts["forward"]
     assert (SSCConv2d.forward, BatchNormReLUSSCConv2d.forward) == original_forwards
     assert use["cores"] > 0
+
+
+@pytest.mark.parametrize("name, options", [("sscresnet20", {"r": 4}), ("sscresnet20", {"r": 1}),
+                                           ("shiftresnet20", {"e": 3}), ("resnet20", {})])
+def test_the_ops_products_are_the_models_multiply_adds(name, options):
+    """A training step's products, op by op, are 3 x 2 FLOPs per multiply-add of the model's
+    layers as `minissc summary` counts them module by module (forward, and a backward of
+    twice the forward's), so the profile's GFLOP/s column rests on the same count."""
+    batch = 2
+    _, _, calls, _, flops = profile_step.profile(name, options, batch=batch, steps=1)
+    model = profile_step.run.build_minissc(name, options)
+    macs = sum(row.macs for row in summarize(model))
+    assert sum(3 * n * flops[label] for label, n in calls.items()) == 6 * batch * macs
+    assert any(flops[label] for label in calls if label.startswith("BatchNormReLUSSCPair ")) \
+        == (name == "sscresnet20")
+
+
+def test_the_printed_profile_and_its_json_give_each_ops_rate(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    assert profile_step.main(["--model", "sscresnet20", "--r", "4", "--batch", "2",
+                              "--steps", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "GFLOP a step" in printed and "GFLOP/s" in printed.splitlines()[2]
+    saved = json.loads(out.read_text())
+    assert saved["gflop"] == pytest.approx(sum(row["gflop"] for row in saved["rows"]))
+    assert saved["gflop"] > 0 and saved["matmul_gflop_per_s"] > 0
+    pair = next(row for row in saved["rows"] if row["kind"] == "BatchNormReLUSSCPair")
+    assert pair["gflop"] > 0
+    assert all(row["gflop"] == 0 for row in saved["rows"] if row["kind"] == "BatchNorm2d")
