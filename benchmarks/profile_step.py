@@ -5,9 +5,10 @@ The script wraps the forward and backward of every autograd `Function` of
 one model on a random batch (forward in train mode, cross-entropy, backward, SGD step) and
 prints, per op and input shape, calls per step, forward and backward milliseconds per step and
 the rate of the op's products (GFLOP/s, `product_flops`), beside a one-thread matrix product's
-rate on this machine. Three more rows take the rest of the step: the forward's and the backward's time outside the
-ops (modules, graph walk, gradient sums of branching tensors) and the optimiser step. The
-first step (Numba's compile or cache load) is not counted. Run it on an idle machine:
+rate on this machine. Three more rows take the rest of the step: the forward's and the
+backward's time outside the ops (modules, graph walk, gradient sums of branching tensors) and
+the optimiser step. The first step (Numba's compile or cache load) is not counted. Run it on
+an idle machine:
 
     python benchmarks/profile_step.py --model sscresnet20 --r 1 [--steps 5] [--out FILE.json]
 """
