@@ -1,5 +1,6 @@
 """benchmarks/profile_step.py: its timers see every op call of a step and leave the ops as
-they were (the profile of issue 4's closing note rests on both)."""
+they were, and its products per op add up to the model's multiply-adds (the profile of
+issue 4's closing note rests on all three)."""
 import json
 import sys
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from minissc import nn
-from minissc.summary import summarize
 from minissc.functional import BatchNormReLUSSCConv2d, SSCConv2d
+from minissc.summary import summarize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import profile_step  # noqa: E402
