@@ -869,16 +869,19 @@ def time_steps(train_step, infer_step, batch: int, config: dict) -> dict:
     result = {}
     for kind, step, steps in (("train", train_step, config["train_steps"]),
                               ("infer", infer_step, config["infer_steps"])):
+        training = kind == "train"  # only training steps get their CPU use recorded
         times, steal = [], []
         for index in range(steps + 1):
-            if index == 1:
+            if training and index == 1:
                 mark = cpu_mark()
-            ticks_before, start = cpu_ticks(), time.perf_counter()
+            ticks_before = cpu_ticks() if training else None
+            start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-            steal.append(tick_share(ticks_before, cpu_ticks(), STEAL_TICKS))
+            if training:
+                steal.append(tick_share(ticks_before, cpu_ticks(), STEAL_TICKS))
         result.update(_step_timing(kind, times[0], times[1:], batch))
-        if kind == "train":
+        if training:
             result.update(training_cpu_since(mark))
             if None not in steal[1:]:
                 result["train_step_steal"] = steal[1:]
