@@ -5,10 +5,13 @@ The script wraps the forward and backward of every autograd `Function` of
 one model on a random batch (forward in train mode, cross-entropy, backward, SGD step) and
 prints, per op and input shape, calls per step, forward and backward milliseconds per step and
 the rate of the op's products (GFLOP/s, `product_flops`), beside a one-thread matrix product's
-rate on this machine. Three more rows take the rest of the step: the forward's and the
-backward's time outside the ops (modules, graph walk, gradient sums of branching tensors) and
-the optimiser step. The first step (Numba's compile or cache load) is not counted. Run it on
-an idle machine:
+rate on this machine. For the SSC module's op it also prints the rate at which its wide
+tensors go through memory (GB/s, `wide_tensor_bytes`). Its header gives the step's floor:
+those passes at this machine's fastest read and write rates (`stream_rates`) plus the
+products at the threads' matrix-product rate, as if nothing else ran and nothing overlapped.
+Three more rows take the rest of the step: the forward's and the backward's time outside the
+ops (modules, graph walk, gradient sums of branching tensors) and the optimiser step. The
+first step (Numba's compile or cache load) is not counted. Run it on an idle machine:
 
     python benchmarks/profile_step.py --model sscresnet20 --r 1 [--steps 5] [--out FILE.json]
 """
@@ -20,6 +23,8 @@ import time
 from pathlib import Path
 
 import minissc  # noqa: F401  (before NumPy: single-threaded BLAS, see minissc.runtime)
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import run  # noqa: E402  (model building, random batch, machine information)
@@ -64,10 +69,68 @@ def product_flops(name, arrays, out):
     return 2 * arrays[1].size * (out.size // out.shape[1]) if name in PRODUCT_OPS else 0
 
 
-def install_timers(seconds, calls, flops):
+# Passes through memory of an SSC module op's wide tensors (module width m at the input's
+# positions; see `wide_tensor_bytes`): reads, writes
+WIDE_TENSOR_READS, WIDE_TENSOR_WRITES = 7, 3
+
+
+def wide_tensor_bytes(name, arrays):
+    """Bytes that one training call (forward and backward) of the SSC module's op must move
+    through memory for its wide tensors, as (read, written); (0, 0) for every other op.
+
+    The op has three tensors of the module's width m at the input's positions (75 MB each
+    at 144 x 32 x 32, batch 128, float32): x1 = conv(x0), y1 = SSC1's output and da1, the
+    gradient of SSC1's input activation. Its other arrays (x0, y, their gradients) have c_in
+    or c_out channels, at r=1 a ninth of m or less, and are not counted. The batch norms' statistics and gradient sums are whole-batch sums,
+    so each is a barrier that a tensor cannot be streamed through in one go:
+      forward: x1 written (with bn1's moments), read by SSC1 (after bn1's statistics); y1
+        written (with bn2's), read by SSC2 (after bn2's): 2 reads, 2 writes;
+      backward: y1 read by SSC2's backward (dW2, bn2's sums); y1 read again and x1 read by
+        SSC1's (after bn2's sums; dW1, bn1's sums), da1 written; da1 and x1 read by bn1's
+        grad_x (after bn1's sums): 5 reads, 1 write.
+    Ten passes, without recomputing x1 or y1 from the narrower tensors they come from (which
+    costs products) and without storing them at less than float32. Without the 1x1
+    convolution x1 is the op's input, written before it; its grad_x, the op's output, is
+    then written instead: the same counts."""
+    if name != "BatchNormReLUSSCPair":
+        return 0, 0
+    x, _, weight1 = arrays[:3]
+    wide = x.itemsize * x.shape[0] * weight1.shape[0] * (x.size // (x.shape[0] * x.shape[1]))
+    return WIDE_TENSOR_READS * wide, WIDE_TENSOR_WRITES * wide
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _read_pass(rows):
+    """Sum of every value, row by row in parallel: one read of the array."""
+    sums = np.zeros(rows.shape[0])
+    for row in prange(rows.shape[0]):
+        sums[row] = rows[row].sum()
+    return sums.sum()
+
+
+@njit(parallel=True, cache=True)
+def _write_pass(rows):
+    """Every value set to 1, row by row in parallel: one write of the array."""
+    for row in prange(rows.shape[0]):
+        rows[row] = 1.0
+
+
+def stream_rates(megabytes=75, repeats=15):
+    """GB/s of one read and of one write of a float32 array of `megabytes` MB (the SSC module's
+    widest tensor at r=1, batch 128) on Numba's threads: the fastest of `repeats` calls after
+    one untimed call, the rates that the wide tensors' passes could at best run at (this VM's
+    rates vary by a third from call to call)."""
+    rows = np.ones((megabytes * 2**20 // 4096, 1024), np.float32)
+    read_s = min(run.call_seconds(lambda: _read_pass(rows), repeats))
+    write_s = min(run.call_seconds(lambda: _write_pass(rows), repeats))
+    return rows.nbytes / read_s / 1e9, rows.nbytes / write_s / 1e9
+
+
+def install_timers(seconds, calls, work):
     """Wrap every Function's forward and backward so that they add their time to
     seconds[(op label, "forward" or "backward")], count forwards in calls[op label] and set
-    flops[op label] to a forward call's `product_flops`; returns a function that removes the
+    work[op label] to a forward call's `product_flops` and a training call's
+    `wide_tensor_bytes`, {"flops", "read", "written"}; returns a function that removes the
     wraps."""
     originals = []
 
@@ -78,7 +141,9 @@ def install_timers(seconds, calls, flops):
             out = forward(ctx, *arrays, **params)
             seconds[ctx.profile_label, "forward"] += time.perf_counter() - start
             calls[ctx.profile_label] += 1
-            flops[ctx.profile_label] = product_flops(name, arrays, out)
+            read, written = wide_tensor_bytes(name, arrays)
+            work[ctx.profile_label] = dict(flops=product_flops(name, arrays, out), read=read,
+                                           written=written)
             return out
         return wrapper
 
@@ -103,8 +168,8 @@ def install_timers(seconds, calls, flops):
 
 def profile(name, options, batch, steps):
     """Per-step seconds of every (op label, phase), of the step's parts, calls per step, where
-    the CPUs went over the steps after the first (`run.cpu_use`), and each op label's
-    `product_flops` per forward call."""
+    the CPUs went over the steps after the first (`run.cpu_use`), and each op label's work
+    per call (see `install_timers`)."""
     model = run.build_minissc(name, options)
     images, labels = run.random_batch(batch)
     optimizer = SGD(model.parameters(), lr=run.LR, momentum=run.MOMENTUM,
@@ -112,9 +177,9 @@ def profile(name, options, batch, steps):
     op_seconds = collections.defaultdict(float)
     parts = collections.defaultdict(float)
     calls = collections.Counter()
-    flops = {}
+    work = {}
     model.train()
-    remove = install_timers(op_seconds, calls, flops)
+    remove = install_timers(op_seconds, calls, work)
     try:
         for step in range(steps + 1):
             if step == 1:  # step 0 compiled or loaded the kernels: start counting now
@@ -138,7 +203,7 @@ def profile(name, options, batch, steps):
     return ({key: value / steps for key, value in op_seconds.items()},
             {key: value / steps for key, value in parts.items()},
             {key: value // steps for key, value in calls.items()},
-            run.cpu_use(timing), flops)
+            run.cpu_use(timing), work)
 
 
 def main(argv=None):
@@ -155,15 +220,18 @@ def main(argv=None):
     options = {"sscresnet20": {"r": args.r or 1}, "shiftresnet20": {"e": args.e or 3},
                "resnet20": {}}[args.model]
     run.set_threads(args.threads)
-    op_seconds, parts, calls, use, flops = profile(args.model, options, args.batch, args.steps)
+    op_seconds, parts, calls, use, work = profile(args.model, options, args.batch, args.steps)
     step = sum(parts.values())
     matmul = run.machine_speed()["matmul_gflop_per_s"]
+    read_rate, write_rate = stream_rates()
     ops = collections.defaultdict(lambda: {"forward": 0.0, "backward": 0.0})
     for (label, phase), seconds in op_seconds.items():
         ops[label][phase] = seconds
     rows = [dict(op=label, kind=label.split(" ")[0], calls=calls[label],
                  forward_ms=1000 * t["forward"], backward_ms=1000 * t["backward"],
-                 gflop=3 * calls[label] * flops[label] / 1e9)
+                 gflop=3 * calls[label] * work[label]["flops"] / 1e9,
+                 read_gb=calls[label] * work[label]["read"] / 1e9,
+                 written_gb=calls[label] * work[label]["written"] / 1e9)
             for label, t in ops.items()]
     outside = {"forward": parts["forward"] - sum(t["forward"] for t in ops.values()),
                "backward": parts["backward"] - sum(t["backward"] for t in ops.values())}
@@ -172,7 +240,7 @@ def main(argv=None):
             ("backward outside the ops", 0.0, 1000 * outside["backward"]),
             ("optimizer step", 0.0, 1000 * parts["optimizer step"])):
         rows.append(dict(op=name, kind=name, calls=1, forward_ms=forward_ms,
-                         backward_ms=backward_ms, gflop=0.0))
+                         backward_ms=backward_ms, gflop=0.0, read_gb=0.0, written_gb=0.0))
     rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
     by_kind = collections.defaultdict(float)
     for row in rows:
@@ -185,15 +253,28 @@ def main(argv=None):
           + (f", the VM lost {100 * use['steal']:.1f}% of its CPU time to steal"
              if "steal" in use else ""))
     gflop = sum(row["gflop"] for row in rows)
+    read_gb, written_gb = (sum(row[key] for row in rows) for key in ("read_gb", "written_gb"))
+    floor_ms = {"memory": 1000 * (read_gb / read_rate + written_gb / write_rate),
+                "products": 1000 * gflop / (args.threads * matmul)}
     print(f"its products: {gflop:.2f} GFLOP a step, {gflop / step:.1f} GFLOP/s; a 512 x 512 matrix "
           f"product on one thread ran at {matmul:.1f} GFLOP/s here")
+    if read_gb:
+        print(f"its SSC modules' wide tensors: {read_gb:.2f} GB read and {written_gb:.2f} GB "
+              f"written a step (`wide_tensor_bytes`); on {args.threads} threads a read of 75 MB "
+              f"ran at {read_rate:.1f} GB/s here, a write at {write_rate:.1f} GB/s")
+        print(f"floor, if nothing else ran and nothing overlapped: those passes at those rates "
+              f"{floor_ms['memory']:.0f} ms + the products at {args.threads} x the matrix "
+              f"product's rate {floor_ms['products']:.0f} ms = "
+              f"{sum(floor_ms.values()):.0f} ms, of the step's {1000 * step:.0f} ms")
     print(f"{'op and input shapes':100s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}"
-          f"{'GFLOP/s':>9s}")
+          f"{'GFLOP/s':>9s}{'GB/s':>7s}")
     for row in rows:
         total = row["forward_ms"] + row["backward_ms"]
         rate = f"{row['gflop'] / (total / 1000):9.1f}" if row["gflop"] and total else ""
+        moved = row["read_gb"] + row["written_gb"]
+        bandwidth = f"{moved / (total / 1000):7.1f}" if moved and total else ""
         print(f"{row['op'][:100]:100s}{row['calls']:6d}{row['forward_ms']:9.1f}"
-              f"{row['backward_ms']:9.1f}{100 * total / (1000 * step):6.1f}%{rate}")
+              f"{row['backward_ms']:9.1f}{100 * total / (1000 * step):6.1f}%{rate:9s}{bandwidth}")
     print("\nby op (forward + backward ms per step):")
     for name, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
         print(f"  {name:30s}{ms:8.1f}  {100 * ms / (1000 * step):5.1f}%")
@@ -201,7 +282,9 @@ def main(argv=None):
         args.out.write_text(json.dumps(dict(
             meta=run.machine_info(args.threads, None), model=label, batch=args.batch,
             steps=args.steps, step_ms=1000 * step, cpu_use=use, gflop=gflop,
-            matmul_gflop_per_s=matmul, rows=rows, by_op=by_kind),
+            matmul_gflop_per_s=matmul, read_gb=read_gb, written_gb=written_gb,
+            read_gb_per_s=read_rate, write_gb_per_s=write_rate, floor_ms=floor_ms, rows=rows,
+            by_op=by_kind),
             indent=1))
     return 0
 

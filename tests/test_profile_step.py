@@ -1,7 +1,9 @@
 """benchmarks/profile_step.py: its timers see every op call of a step and leave the ops as
-they were, and its products per op add up to the model's multiply-adds (the profile of
-issue 4's closing note rests on all three)."""
+they were, its products per op add up to the model's multiply-adds, and its wide-tensor
+traffic to ten passes of every SSC module's SSC1 output (the profile of issue 4's closing
+note rests on all four)."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -43,12 +45,30 @@ def test_the_ops_products_are_the_models_multiply_adds(name, options):
     layers as `minissc summary` counts them module by module (forward, and a backward of
     twice the forward's), so the profile's GFLOP/s column rests on the same count."""
     batch = 2
-    _, _, calls, _, flops = profile_step.profile(name, options, batch=batch, steps=1)
+    _, _, calls, _, work = profile_step.profile(name, options, batch=batch, steps=1)
     model = profile_step.run.build_minissc(name, options)
     macs = sum(row.macs for row in summarize(model))
-    assert sum(3 * n * flops[label] for label, n in calls.items()) == 6 * batch * macs
-    assert any(flops[label] for label in calls if label.startswith("BatchNormReLUSSCPair ")) \
-        == (name == "sscresnet20")
+    assert sum(3 * n * work[label]["flops"] for label, n in calls.items()) == 6 * batch * macs
+    assert any(work[label]["flops"] for label in calls
+               if label.startswith("BatchNormReLUSSCPair ")) == (name == "sscresnet20")
+
+
+@pytest.mark.parametrize("name, options", [("sscresnet20", {"r": 1}), ("sscresnet20", {"r": 4}),
+                                           ("shiftresnet20", {"e": 3}), ("resnet20", {})])
+def test_the_wide_tensor_traffic_is_ten_passes_of_every_ssc1_output(name, options):
+    """The floor that the profile prints rests on this count: per training step, 7 reads and
+    3 writes of a tensor of the size of each SSC module's SSC1 output (at the module's input
+    positions, also where SSC2 has stride 2), as `minissc summary` gives its shape; no
+    traffic counted for the other ops."""
+    batch = 2
+    _, _, calls, _, work = profile_step.profile(name, options, batch=batch, steps=1)
+    model = profile_step.run.build_minissc(name, options)
+    wide_values = sum(math.prod(row.output_shape[1:]) for row in summarize(model)
+                      if row.type == "SSCConv2d" and row.name.endswith(".ssc1"))
+    assert (wide_values > 0) == (name == "sscresnet20")
+    wide_bytes = 4 * batch * wide_values  # float32
+    assert sum(n * work[label]["read"] for label, n in calls.items()) == 7 * wide_bytes
+    assert sum(n * work[label]["written"] for label, n in calls.items()) == 3 * wide_bytes
 
 
 def test_the_printed_profile_and_its_json_give_each_ops_rate(tmp_path, capsys):
@@ -56,10 +76,16 @@ def test_the_printed_profile_and_its_json_give_each_ops_rate(tmp_path, capsys):
     assert profile_step.main(["--model", "sscresnet20", "--r", "4", "--batch", "2",
                               "--steps", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "GFLOP a step" in printed and "GFLOP/s" in printed.splitlines()[2]
+    assert "GFLOP a step" in printed and "GB written a step" in printed
+    assert "floor" in printed and "GB/s" in printed.splitlines()[4]
     saved = json.loads(out.read_text())
     assert saved["gflop"] == pytest.approx(sum(row["gflop"] for row in saved["rows"]))
     assert saved["gflop"] > 0 and saved["matmul_gflop_per_s"] > 0
     pair = next(row for row in saved["rows"] if row["kind"] == "BatchNormReLUSSCPair")
-    assert pair["gflop"] > 0
+    assert pair["gflop"] > 0 and pair["read_gb"] > 0 and pair["written_gb"] > 0
+    assert saved["read_gb"] == pytest.approx(sum(row["read_gb"] for row in saved["rows"]))
+    assert saved["read_gb_per_s"] > 0 and saved["write_gb_per_s"] > 0
+    assert saved["floor_ms"]["memory"] == pytest.approx(
+        1000 * (saved["read_gb"] / saved["read_gb_per_s"]
+                + saved["written_gb"] / saved["write_gb_per_s"]))
     assert all(row["gflop"] == 0 for row in saved["rows"] if row["kind"] == "BatchNorm2d")
