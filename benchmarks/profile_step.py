@@ -10,13 +10,17 @@ tensors go through memory (GB/s, `wide_tensor_bytes`). Its header gives the step
 those passes at this machine's fastest read and write rates (`stream_rates`) plus the
 products at the threads' matrix-product rate, as if nothing else ran and nothing overlapped.
 Three more rows take the rest of the step: the forward's and the backward's time outside the
-ops (modules, graph walk, gradient sums of branching tensors) and the optimiser step. The
-first step (Numba's compile or cache load) is not counted. Run it on an idle machine:
+ops (modules, graph walk, gradient sums of branching tensors) and the optimiser step. A
+second table splits the ops' time by the kernel functions they call (`minissc.kernels`, per
+function and arguments, `install_kernel_timers`): the 1x1 convolution's backward inside the
+SSC module's op, for one. The first step (Numba's compile or cache load) is not counted. Run
+it on an idle machine:
 
     python benchmarks/profile_step.py --model sscresnet20 --r 1 [--steps 5] [--out FILE.json]
 """
 import argparse
 import collections
+import inspect
 import json
 import sys
 import time
@@ -31,6 +35,7 @@ import run  # noqa: E402  (model building, random batch, machine information)
 
 import minissc.functional as F  # noqa: E402
 from minissc import Tensor  # noqa: E402
+from minissc.kernels import dense, norm, ssc  # noqa: E402
 from minissc.optim import SGD  # noqa: E402
 from minissc.tensor import Function  # noqa: E402
 
@@ -166,10 +171,51 @@ def install_timers(seconds, calls, work):
     return remove
 
 
+KERNEL_MODULES = (ssc, dense, norm)
+KERNEL_ROW_MIN_SHARE = 0.005  # printed kernel rows; the JSON has them all
+
+
+def install_kernel_timers(seconds, calls):
+    """Wrap the Python functions of the kernel modules (`minissc.kernels.ssc`, `.dense`,
+    `.norm`; not their Numba kernels, which other compiled code calls) so that the outermost
+    calls, the ones the ops make, add their time to seconds[kernel label] and count in
+    calls[kernel label]; calls made inside them, on any thread, are part of their time.
+    Returns a function that removes the wraps."""
+    originals, depth = [], [0]
+
+    def timed(function, name):
+        def wrapper(*args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    label = _describe(name, args, kwargs) + "".join(
+                        f" {a}" for a in args if _is_scalar(a))
+                    seconds[label] += time.perf_counter() - start
+                    calls[label] += 1
+        return wrapper
+
+    for module in KERNEL_MODULES:
+        for name, function in list(vars(module).items()):
+            if (inspect.isfunction(function) and function.__module__ == module.__name__
+                    and not name.startswith("_")):
+                originals.append((module, name, function))
+                setattr(module, name, timed(function, f"{module.__name__.split('.')[-1]}.{name}"))
+
+    def remove():
+        for module, name, function in originals:
+            setattr(module, name, function)
+    return remove
+
+
 def profile(name, options, batch, steps):
     """Per-step seconds of every (op label, phase), of the step's parts, calls per step, where
-    the CPUs went over the steps after the first (`run.cpu_use`), and each op label's work
-    per call (see `install_timers`)."""
+    the CPUs went over the steps after the first (`run.cpu_use`), each op label's work per
+    call (see `install_timers`), and per kernel label {"seconds", "calls"} per step
+    (`install_kernel_timers`)."""
     model = run.build_minissc(name, options)
     images, labels = run.random_batch(batch)
     optimizer = SGD(model.parameters(), lr=run.LR, momentum=run.MOMENTUM,
@@ -178,14 +224,19 @@ def profile(name, options, batch, steps):
     parts = collections.defaultdict(float)
     calls = collections.Counter()
     work = {}
+    kernel_seconds = collections.defaultdict(float)
+    kernel_calls = collections.Counter()
     model.train()
     remove = install_timers(op_seconds, calls, work)
+    remove_kernel_timers = install_kernel_timers(kernel_seconds, kernel_calls)
     try:
         for step in range(steps + 1):
             if step == 1:  # step 0 compiled or loaded the kernels: start counting now
                 op_seconds.clear()
                 parts.clear()
                 calls.clear()
+                kernel_seconds.clear()
+                kernel_calls.clear()
                 mark = run.cpu_mark()
             start = time.perf_counter()
             loss = F.cross_entropy(model(Tensor(images)), labels)
@@ -198,12 +249,15 @@ def profile(name, options, batch, steps):
             parts["backward"] += backward_done - forward_done
             parts["optimizer step"] += time.perf_counter() - backward_done
     finally:
+        remove_kernel_timers()
         remove()
     timing = dict(run.training_cpu_since(mark), train_step_s=[sum(parts.values())])
     return ({key: value / steps for key, value in op_seconds.items()},
             {key: value / steps for key, value in parts.items()},
             {key: value // steps for key, value in calls.items()},
-            run.cpu_use(timing), work)
+            run.cpu_use(timing), work,
+            {label: {"seconds": kernel_seconds[label] / steps, "calls": n // steps}
+             for label, n in kernel_calls.items()})
 
 
 def main(argv=None):
@@ -220,7 +274,8 @@ def main(argv=None):
     options = {"sscresnet20": {"r": args.r or 1}, "shiftresnet20": {"e": args.e or 3},
                "resnet20": {}}[args.model]
     run.set_threads(args.threads)
-    op_seconds, parts, calls, use, work = profile(args.model, options, args.batch, args.steps)
+    op_seconds, parts, calls, use, work, kernels = profile(args.model, options, args.batch,
+                                                           args.steps)
     step = sum(parts.values())
     matmul = run.machine_speed()["matmul_gflop_per_s"]
     read_rate, write_rate = stream_rates()
@@ -275,6 +330,20 @@ def main(argv=None):
         bandwidth = f"{moved / (total / 1000):7.1f}" if moved and total else ""
         print(f"{row['op'][:100]:100s}{row['calls']:6d}{row['forward_ms']:9.1f}"
               f"{row['backward_ms']:9.1f}{100 * total / (1000 * step):6.1f}%{rate:9s}{bandwidth}")
+    kernel_rows = sorted(({"kernel": label, **values} for label, values in kernels.items()),
+                         key=lambda row: -row["seconds"])
+    ops_ms = sum(t["forward"] + t["backward"] for t in ops.values()) * 1000
+    kernels_ms = 1000 * sum(row["seconds"] for row in kernel_rows)
+    print(f"\nkernel functions the ops called (minissc.kernels; ms per step, calls inside them "
+          f"included); the ops' {ops_ms:.1f} ms spent {ops_ms - kernels_ms:.1f} outside them:")
+    shown = [row for row in kernel_rows if row["seconds"] >= KERNEL_ROW_MIN_SHARE * step]
+    for row in shown:
+        print(f"  {row['kernel'][:98]:98s}{row['calls']:6d}{1000 * row['seconds']:9.1f}"
+              f"{100 * row['seconds'] / step:6.1f}%")
+    rest = kernel_rows[len(shown):]
+    if rest:
+        print(f"  and {len(rest)} more, each under {100 * KERNEL_ROW_MIN_SHARE:.1f}% of the step: "
+              f"{1000 * sum(row['seconds'] for row in rest):.1f} ms together")
     print("\nby op (forward + backward ms per step):")
     for name, ms in sorted(by_kind.items(), key=lambda item: -item[1]):
         print(f"  {name:30s}{ms:8.1f}  {100 * ms / (1000 * step):5.1f}%")
@@ -284,7 +353,7 @@ def main(argv=None):
             steps=args.steps, step_ms=1000 * step, cpu_use=use, gflop=gflop,
             matmul_gflop_per_s=matmul, read_gb=read_gb, written_gb=written_gb,
             read_gb_per_s=read_rate, write_gb_per_s=write_rate, floor_ms=floor_ms, rows=rows,
-            by_op=by_kind),
+            kernels=kernel_rows, by_op=by_kind),
             indent=1))
     return 0
 

@@ -11,6 +11,7 @@ import pytest
 
 from minissc import nn
 from minissc.functional import BatchNormReLUSSCConv2d, SSCConv2d
+from minissc.kernels import dense, norm, ssc
 from minissc.summary import summarize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -19,8 +20,9 @@ import profile_step  # noqa: E402
 
 def test_profile_counts_every_op_call_and_removes_its_timers():
     original_forwards = SSCConv2d.forward, BatchNormReLUSSCConv2d.forward
-    op_seconds, parts, calls, use, _ = profile_step.profile("sscresnet20", {"r": 4}, batch=2,
-                                                            steps=2)
+    original_kernels = ssc.ssc_forward, dense.conv2d_forward, norm.plane_moments_of_images
+    op_seconds, parts, calls, use, _, kernels = profile_step.profile("sscresnet20", {"r": 4},
+                                                                     batch=2, steps=2)
     model = profile_step.run.build_minissc("sscresnet20", {"r": 4})
     ssc_layers = sum(isinstance(m, nn.SSCConv2d) for _, m in model.named_modules())
     assert ssc_layers > 0
@@ -36,6 +38,15 @@ def test_profile_counts_every_op_call_and_removes_its_timers():
     assert 0 < ops_forward <= parts["forward"]
     assert (SSCConv2d.forward, BatchNormReLUSSCConv2d.forward) == original_forwards
     assert use["cores"] > 0
+    # every SSC layer's forward is one outermost kernel call; the calls made inside a kernel
+    # function (here the 1x1 convolution's moments, on its chunk threads) are not counted again
+    assert sum(k["calls"] for label, k in kernels.items()
+               if label.startswith("ssc.ssc_forward ")) == ssc_layers
+    assert any(label.startswith("dense.conv2d_forward ") for label in kernels)
+    assert not any(label.startswith("norm.plane_moments_of_images") for label in kernels)
+    assert 0 < sum(k["seconds"] for k in kernels.values()) <= sum(op_seconds.values())
+    assert (ssc.ssc_forward, dense.conv2d_forward, norm.plane_moments_of_images) \
+        == original_kernels
 
 
 @pytest.mark.parametrize("name, options", [("sscresnet20", {"r": 4}), ("sscresnet20", {"r": 1}),
@@ -45,7 +56,7 @@ def test_the_ops_products_are_the_models_multiply_adds(name, options):
     layers as `minissc summary` counts them module by module (forward, and a backward of
     twice the forward's), so the profile's GFLOP/s column rests on the same count."""
     batch = 2
-    _, _, calls, _, work = profile_step.profile(name, options, batch=batch, steps=1)
+    _, _, calls, _, work, _ = profile_step.profile(name, options, batch=batch, steps=1)
     model = profile_step.run.build_minissc(name, options)
     macs = sum(row.macs for row in summarize(model))
     assert sum(3 * n * work[label]["flops"] for label, n in calls.items()) == 6 * batch * macs
@@ -61,7 +72,7 @@ def test_the_wide_tensor_traffic_is_ten_passes_of_every_ssc1_output(name, option
     positions, also where SSC2 has stride 2), as `minissc summary` gives its shape; no
     traffic counted for the other ops."""
     batch = 2
-    _, _, calls, _, work = profile_step.profile(name, options, batch=batch, steps=1)
+    _, _, calls, _, work, _ = profile_step.profile(name, options, batch=batch, steps=1)
     model = profile_step.run.build_minissc(name, options)
     wide_values = sum(math.prod(row.output_shape[1:]) for row in summarize(model)
                       if row.type == "SSCConv2d" and row.name.endswith(".ssc1"))
@@ -85,6 +96,8 @@ def test_the_printed_profile_and_its_json_give_each_ops_rate(tmp_path, capsys):
     assert pair["gflop"] > 0 and pair["read_gb"] > 0 and pair["written_gb"] > 0
     assert saved["read_gb"] == pytest.approx(sum(row["read_gb"] for row in saved["rows"]))
     assert saved["read_gb_per_s"] > 0 and saved["write_gb_per_s"] > 0
+    assert "kernel functions the ops called" in printed
+    assert any(row["kernel"].startswith("ssc.ssc_backward ") for row in saved["kernels"])
     assert saved["floor_ms"]["memory"] == pytest.approx(
         1000 * (saved["read_gb"] / saved["read_gb_per_s"]
                 + saved["written_gb"] / saved["write_gb_per_s"]))
