@@ -22,6 +22,7 @@ import argparse
 import collections
 import inspect
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,30 @@ def wide_tensor_bytes(name, arrays):
     return WIDE_TENSOR_READS * wide, WIDE_TENSOR_WRITES * wide
 
 
+def module_conv_products(name, arrays):
+    """(m, c, positions) of the 1x1 convolution inside the SSC module's op, whose products
+    are most of the op's (`pointwise_product_seconds`); None for every other op."""
+    if name != "BatchNormReLUSSCPair" or arrays[1] is None:
+        return None
+    x, conv_weight = arrays[:2]
+    return conv_weight.shape[0], conv_weight.shape[1], x.size // (x.shape[0] * x.shape[1])
+
+
+def pointwise_product_seconds(out_channels, in_channels, positions, repeats=21):
+    """Seconds of the three products of a 1x1 convolution's training call for one image, as
+    `minissc.kernels.dense` runs them (one BLAS thread each): y = W @ x, grad_x = W^T @ g and
+    grad_W = g @ x^T, with W (m, c), x (c, positions) and g (m, positions) in cache: the
+    fastest of `repeats` calls of each. OpenBLAS runs these thin shapes (16 -> 144 at 32 x 32:
+    a side of 16) well below its rate on square ones."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((out_channels, in_channels), dtype=np.float32)
+    x = rng.standard_normal((in_channels, positions), dtype=np.float32)
+    grad = rng.standard_normal((out_channels, positions), dtype=np.float32)
+    return sum(min(run.call_seconds(product, repeats))
+               for product in (lambda: weight @ x, lambda: weight.T @ grad,
+                               lambda: grad @ x.T))
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _read_pass(rows):
     """Sum of every value, row by row in parallel: one read of the array."""
@@ -135,8 +160,8 @@ def install_timers(seconds, calls, work):
     """Wrap every Function's forward and backward so that they add their time to
     seconds[(op label, "forward" or "backward")], count forwards in calls[op label] and set
     work[op label] to a forward call's `product_flops` and a training call's
-    `wide_tensor_bytes`, {"flops", "read", "written"}; returns a function that removes the
-    wraps."""
+    `wide_tensor_bytes` and `module_conv_products`, {"flops", "read", "written", "conv"};
+    returns a function that removes the wraps."""
     originals = []
 
     def timed_forward(forward, name):
@@ -148,7 +173,8 @@ def install_timers(seconds, calls, work):
             calls[ctx.profile_label] += 1
             read, written = wide_tensor_bytes(name, arrays)
             work[ctx.profile_label] = dict(flops=product_flops(name, arrays, out), read=read,
-                                           written=written)
+                                           written=written,
+                                           conv=module_conv_products(name, arrays))
             return out
         return wrapper
 
@@ -311,6 +337,18 @@ def main(argv=None):
     read_gb, written_gb = (sum(row[key] for row in rows) for key in ("read_gb", "written_gb"))
     floor_ms = {"memory": 1000 * (read_gb / read_rate + written_gb / write_rate),
                 "products": 1000 * gflop / (args.threads * matmul)}
+    # the same floor with the SSC modules' 1x1 products at the rate of their own shapes
+    convs = collections.Counter()
+    for label, n in calls.items():
+        if work[label]["conv"]:
+            convs[work[label]["conv"]] += n
+    conv_seconds = {shape: pointwise_product_seconds(*shape) for shape in convs}
+    conv_gflop = sum(n * 6 * math.prod(shape) * args.batch for shape, n in convs.items()) / 1e9
+    conv_ms = 1000 * sum(n * args.batch * conv_seconds[shape] / args.threads
+                         for shape, n in convs.items())
+    conv_rates = [6 * math.prod(shape) / seconds / 1e9 for shape, seconds in conv_seconds.items()]
+    floor_at_shapes_ms = (floor_ms["memory"] + conv_ms
+                          + 1000 * (gflop - conv_gflop) / (args.threads * matmul))
     print(f"its products: {gflop:.2f} GFLOP a step, {gflop / step:.1f} GFLOP/s; a 512 x 512 matrix "
           f"product on one thread ran at {matmul:.1f} GFLOP/s here")
     if read_gb:
@@ -321,6 +359,11 @@ def main(argv=None):
               f"{floor_ms['memory']:.0f} ms + the products at {args.threads} x the matrix "
               f"product's rate {floor_ms['products']:.0f} ms = "
               f"{sum(floor_ms.values()):.0f} ms, of the step's {1000 * step:.0f} ms")
+    if convs:
+        print(f"the same with the SSC modules' 1x1 convolutions' products ({conv_gflop:.2f} GFLOP) "
+              f"at the rate of their own shapes here (`pointwise_product_seconds`: "
+              f"{min(conv_rates):.1f}-{max(conv_rates):.1f} GFLOP/s on one thread): "
+              f"{floor_at_shapes_ms:.0f} ms")
     print(f"{'op and input shapes':100s}{'calls':>6s}{'fwd ms':>9s}{'bwd ms':>9s}{'share':>7s}"
           f"{'GFLOP/s':>9s}{'GB/s':>7s}")
     for row in rows:
@@ -352,7 +395,9 @@ def main(argv=None):
             meta=run.machine_info(args.threads, None), model=label, batch=args.batch,
             steps=args.steps, step_ms=1000 * step, cpu_use=use, gflop=gflop,
             matmul_gflop_per_s=matmul, read_gb=read_gb, written_gb=written_gb,
-            read_gb_per_s=read_rate, write_gb_per_s=write_rate, floor_ms=floor_ms, rows=rows,
+            read_gb_per_s=read_rate, write_gb_per_s=write_rate, floor_ms=floor_ms,
+            module_conv_gflop=conv_gflop, module_conv_gflop_per_s=conv_rates,
+            floor_at_shapes_ms=floor_at_shapes_ms, rows=rows,
             kernels=kernel_rows, by_op=by_kind),
             indent=1))
     return 0

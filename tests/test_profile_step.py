@@ -88,7 +88,8 @@ def test_the_printed_profile_and_its_json_give_each_ops_rate(tmp_path, capsys):
                               "--steps", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "GFLOP a step" in printed and "GB written a step" in printed
-    assert "floor" in printed and "GB/s" in printed.splitlines()[4]
+    header = next(line for line in printed.splitlines() if line.startswith("op and input"))
+    assert "floor" in printed and header.split()[-2:] == ["GFLOP/s", "GB/s"]
     saved = json.loads(out.read_text())
     assert saved["gflop"] == pytest.approx(sum(row["gflop"] for row in saved["rows"]))
     assert saved["gflop"] > 0 and saved["matmul_gflop_per_s"] > 0
@@ -96,6 +97,8 @@ def test_the_printed_profile_and_its_json_give_each_ops_rate(tmp_path, capsys):
     assert pair["gflop"] > 0 and pair["read_gb"] > 0 and pair["written_gb"] > 0
     assert saved["read_gb"] == pytest.approx(sum(row["read_gb"] for row in saved["rows"]))
     assert saved["read_gb_per_s"] > 0 and saved["write_gb_per_s"] > 0
+    assert saved["module_conv_gflop"] > 0 and min(saved["module_conv_gflop_per_s"]) > 0
+    assert saved["floor_at_shapes_ms"] > saved["floor_ms"]["memory"]
     assert "kernel functions the ops called" in printed
     assert any(row["kernel"].startswith("ssc.ssc_backward ") for row in saved["kernels"])
     assert saved["floor_ms"]["memory"] == pytest.approx(
