@@ -118,8 +118,9 @@ def pointwise_product_seconds(out_channels, in_channels, positions, repeats=21):
     """Seconds of the three products of a 1x1 convolution's training call for one image, as
     `minissc.kernels.dense` runs them (one BLAS thread each): y = W @ x, grad_x = W^T @ g and
     grad_W = g @ x^T, with W (m, c), x (c, positions) and g (m, positions) in cache: the
-    fastest of `repeats` calls of each. OpenBLAS runs these thin shapes (16 -> 144 at 32 x 32:
-    a side of 16) well below its rate on square ones."""
+    fastest of `repeats` calls of each. These shapes are thin (16 -> 144 at 32 x 32: a side
+    of 16); in `profile-sscresnet20-r1-20261203c` OpenBLAS ran them at 49-71 GFLOP/s, the
+    512 x 512 product at 75."""
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((out_channels, in_channels), dtype=np.float32)
     x = rng.standard_normal((in_channels, positions), dtype=np.float32)
