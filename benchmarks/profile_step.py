@@ -87,8 +87,9 @@ def wide_tensor_bytes(name, arrays):
     The op has three tensors of the module's width m at the input's positions (75 MB each
     at 144 x 32 x 32, batch 128, float32): x1 = conv(x0), y1 = SSC1's output and da1, the
     gradient of SSC1's input activation. Its other arrays (x0, y, their gradients) have c_in
-    or c_out channels, at r=1 a ninth of m or less, and are not counted. The batch norms' statistics and gradient sums are whole-batch sums,
-    so each is a barrier that a tensor cannot be streamed through in one go:
+    or c_out channels, at r=1 a ninth of m or less, and are not counted. The batch norms'
+    statistics and gradient sums are whole-batch sums, so each is a barrier that a tensor
+    cannot be streamed through in one go:
       forward: x1 written (with bn1's moments), read by SSC1 (after bn1's statistics); y1
         written (with bn2's), read by SSC2 (after bn2's): 2 reads, 2 writes;
       backward: y1 read by SSC2's backward (dW2, bn2's sums); y1 read again and x1 read by
@@ -206,8 +207,8 @@ def install_kernel_timers(seconds, calls):
     """Wrap the Python functions of the kernel modules (`minissc.kernels.ssc`, `.dense`,
     `.norm`; not their Numba kernels, which other compiled code calls) so that the outermost
     calls, the ones the ops make, add their time to seconds[kernel label] and count in
-    calls[kernel label]; calls made inside them, on any thread, are part of their time.
-    Returns a function that removes the wraps."""
+    calls[kernel label]; the calls they make to each other are part of their time. Returns
+    a function that removes the wraps."""
     originals, depth = [], [0]
 
     def timed(function, name):
