@@ -112,14 +112,17 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   so there is no race and no lock.
 # * With stride 1 a shift by (dy, dx) is a constant offset dy * W + dx in a plane stored
 #   flat (k = row * W + col). So the inner loop walks the whole plane at once: one long loop
-#   that LLVM vectorises, where rows of 8 or 16 values would be too short to. `flat_run`
-#   computes, once per (o, i), the run of output positions whose row reads inside the image;
-#   the values that wrap across a row edge (col + dx outside the row) are dropped by a
-#   select, which adds exactly 0. (With stride 2 the input index is not a constant offset
-#   of the output index; `_strided_forward_kernel` goes row by row. The backward instead
-#   spreads grad_y onto the input's grid, zeros between, and runs the stride-1 loops:
-#   four times the terms, but vectorised, and faster than the strided loops LLVM left
-#   scalar.)
+#   that LLVM vectorises, where rows of 8 or 16 values would be too short to. With nine
+#   inputs (3 x 3) one such loop adds all nine into y[n, o], each read at its offset from the
+#   sample's planes laid end to end; a mask per input (`shift_masks`) drops the values that
+#   lie outside the image, above, below, or across a row edge (col + dx outside the row),
+#   by a select, which adds exactly 0. A plane whose read would run off the sample's ends,
+#   and other group sizes, take a loop per input over the run of positions whose row reads
+#   inside the image (`flat_run`). (With stride 2 the input index is not a constant offset
+#   of the output index; `_strided_forward_kernel` goes row by row, every other value of an
+#   input row. The backward instead spreads grad_y onto the input's grid, zeros between,
+#   and runs the stride-1 loops: four times the terms, but vectorised, and faster than the
+#   strided loops LLVM left scalar.)
 # * The offsets are arguments: with all of them 0 the same kernel *is* the group point-wise
 #   convolution, so `group_pointwise_forward` and `ssc_forward` share it.
 # * Input channels are read through an index map (`input_channels`): the identity for a plain

@@ -104,7 +104,8 @@ def shift_backward(grad_out, kernel_size, group_size):
 # upsamples grad_y to the input's grid and runs the stride-1 loops (`_flat_backward_kernel`).
 #
 # Stride 1 has two kernel pairs for the same sums. The flat kernels read each input shifted,
-# through the select, once per output that uses it. When a group has several outputs (the
+# through a select, once per output that uses it (the forward all nine inputs of a 3x3 layer
+# in one pass over the output). When a group has several outputs (the
 # first SSC layer of an SSC module has 9 per group) the group kernels take nine of them per
 # pass: the forward shifts the group's inputs once into a scratch block and then runs plain
 # multiply-add loops, nine inputs per pass over an output; the backward reads each input
