@@ -44,7 +44,9 @@ import run  # noqa: E402  (the benchmark's timing loop)
 SHAPES = [  # channels, side, outputs, stride: sscresnet20's (r=1) SSC1 and SSC2 layers
     (576, 8, 576, 1), (144, 32, 144, 1), (288, 16, 288, 1),
     (576, 8, 64, 1), (144, 32, 16, 1), (288, 16, 32, 1), (288, 32, 32, 2), (576, 16, 64, 2)]
-SWAPPED = ("ssc_forward", "ssc_backward")
+# what --network takes from each version: the pair op (`minissc.functional`) also builds the
+# version's NextLayerInputGrad, which only that version's ssc_backward recognises
+SWAPPED = ("ssc_forward", "ssc_backward", "folds_next_layer", "NextLayerInputGrad")
 STEP_MODELS = {"sscresnet20": [{"r": 1}, {"r": 2}], "resnet20": [{}],
                "shiftresnet20": [{"e": 3}]}  # the models of --steps-model, with their widths
 
