@@ -328,9 +328,10 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
     Stride 2, the only one the models use, has a loop of its own in which the stride is the
     constant 2: LLVM vectorises that loop's reads of every other value (wide loads and a
     shuffle), and leaves the loop with the stride a variable scalar. The same sums in the same
-    order; against the loop with a variable stride alone (scratch kernels, median ratio of 15
-    alternating calls, batch 128, 2 threads, with an input norm): 0.70 and 0.77 at 288->32
-    32x32, 0.94 and 0.95 at 576->64 16x16."""
+    order; against the loop with a variable stride alone (`benchmarks/ssc_versions_ab.py
+    --against 226a99c [--norm] --rounds 15`, median ratio new / old, batch 128, 2 threads,
+    without and with an input norm): 0.75 and 0.72 at 288->32 32x32, 0.71 and 0.93 at
+    576->64 16x16."""
     batch, channels, height, width = x.shape
     out_channels, group_size = weight.shape
     out_height, out_width = y.shape[2], y.shape[3]
