@@ -685,11 +685,11 @@ def _fill_single_reader_grad_through_output_norm(next_layer, next_block, channel
     channel_mean, scale, channel_bias = rule[0], rule[1], bias[channel]
     values = y[n, channel]
     zero = row.dtype.type(0)
-    for k in range(plane_size):
-        grad = upstream[k]  # as `_add_masked_upstream` for the first reader
+    for k in range(plane_size):  # `_add_masked_upstream` for the first reader, adds=False:
+        grad = upstream[k]
         grad = zero + w * (grad if mask[k] != zero else zero)
-        kept = _normalised(values[k], channel_mean, scale, channel_bias) > 0  # as `_through_..`
-        row[k] = _input_grad(grad if kept else zero, values[k], rule)
+        kept = _normalised(values[k], channel_mean, scale, channel_bias) > 0  # then as in
+        row[k] = _input_grad(grad if kept else zero, values[k], rule)  # `_through_output_norm`
 
 
 @njit(cache=True, inline="always")
