@@ -102,7 +102,7 @@ def wide_tensor_bytes(name, arrays):
     if name != "BatchNormReLUSSCPair":
         return 0, 0
     x, _, weight1 = arrays[:3]
-    wide = x.itemsize * x.shape[0] * weight1.shape[0] * (x.size // (x.shape[0] * x.shape[1]))
+    wide = x.itemsize * x.shape[0] * weight1.shape[0] * _positions(x)
     return WIDE_TENSOR_READS * wide, WIDE_TENSOR_WRITES * wide
 
 
@@ -112,7 +112,12 @@ def module_conv_products(name, arrays):
     if name != "BatchNormReLUSSCPair" or arrays[1] is None:
         return None
     x, conv_weight = arrays[:2]
-    return conv_weight.shape[0], conv_weight.shape[1], x.size // (x.shape[0] * x.shape[1])
+    return conv_weight.shape[0], conv_weight.shape[1], _positions(x)
+
+
+def _positions(x):
+    """Positions of one plane of an (N, C, H, W) array: H * W."""
+    return x.size // (x.shape[0] * x.shape[1])
 
 
 def pointwise_product_seconds(out_channels, in_channels, positions, repeats=21):

@@ -354,14 +354,21 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
             for row_step in range(rows):
                 y_row = y_plane[first_row + row_step]
                 x_row = x_plane[first_in_row + row_step * stride]
-                if stride == 2:
-                    for step in range(cols):
-                        y_row[first_col + step] += w * _normalised_value(
-                            x_row[first_in_col + 2 * step], channel_norm, zero)
+                if stride == 2:  # the same loop, inlined with the constant
+                    _add_strided_row(x_row, first_in_col, 2, w, channel_norm, y_row[first_col:],
+                                     cols)
                 else:
-                    for step in range(cols):
-                        y_row[first_col + step] += w * _normalised_value(
-                            x_row[first_in_col + step * stride], channel_norm, zero)
+                    _add_strided_row(x_row, first_in_col, stride, w, channel_norm,
+                                     y_row[first_col:], cols)
+
+
+@njit(cache=True, inline="always")
+def _add_strided_row(x_row, first_in_col, stride, w, channel_norm, out, cols):
+    """out[X] += w * x_row[first_in_col + X * stride] (normalised as read) for X < cols."""
+    zero = out.dtype.type(0)
+    for step in range(cols):
+        out[step] += w * _normalised_value(x_row[first_in_col + step * stride], channel_norm,
+                                           zero)
 
 
 @njit(cache=True, inline="always")
@@ -387,16 +394,21 @@ def _fill_margined_upstream(upstream, stride, width, margin, margined):
 
 
 @njit(cache=True, inline="always")
+def _masked_term(upstream, mask, w, previous, adds, zero):
+    """(previous if adds else 0) + w * upstream, the upstream 0 where mask is 0: one value of
+    `_add_masked_upstream`, which `_fill_single_reader_grad_through_output_norm` computes
+    too and must round alike."""
+    return (previous if adds else zero) + w * (upstream if mask != zero else zero)
+
+
+@njit(cache=True, inline="always")
 def _add_masked_upstream(upstream_plane, mask, w, adds, out):
     """out = (out if adds else 0) + w * upstream_plane, the upstream 0 where mask is 0: one
     output's term of a flat backward's grad_x plane. One loop for `_flat_backward_kernel` and
     `_fill_next_layer_input_grad`, which must round alike."""
     zero = out.dtype.type(0)
-    for j in range(out.size):
-        upstream = upstream_plane[j]  # loaded first, then selected: vectorises
-        upstream = upstream if mask[j] != zero else zero
-        previous = out[j]
-        out[j] = (previous if adds else zero) + w * upstream
+    for j in range(out.size):  # each value loaded first, then selected: vectorises
+        out[j] = _masked_term(upstream_plane[j], mask[j], w, out[j], adds, zero)
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
@@ -498,8 +510,7 @@ def _copy_masked_plane(source, mask, channel_norm, out):
     `copy_shifted_plane`."""
     zero = out.dtype.type(0)
     for k in range(out.size):
-        value = _normalised_value(source[k], channel_norm, zero)
-        out[k] = value if mask[k] != zero else zero
+        out[k] = _masked_value(source[k], channel_norm, mask[k], zero)
 
 
 @njit(cache=True)
@@ -645,13 +656,18 @@ def _through_output_norm(grads, n, o, output_norm, row):
     if rules.shape[0] == 0:
         row[:] = grads
         return
-    rule = channel_rule(rules, o)
-    channel_mean, scale = rule[0], rule[1]
-    zero = row.dtype.type(0)
+    rule, channel_bias, zero = channel_rule(rules, o), bias[o], row.dtype.type(0)
     values = y[n, o]
     for k in range(row.size):
-        kept = _normalised(values[k], channel_mean, scale, bias[o]) > 0
-        row[k] = _input_grad(grads[k] if kept else zero, values[k], rule)
+        row[k] = _output_norm_grad(grads[k], values[k], rule, channel_bias, zero)
+
+
+@njit(cache=True, inline="always")
+def _output_norm_grad(grad, value, rule, channel_bias, zero):
+    """One value of `_through_output_norm`: the batch norm's grad_x (`norm._input_grad`) of
+    grad where relu(batch_norm(value)) > 0, else of 0; rule = `channel_rule` of the channel."""
+    kept = _normalised(value, rule[0], rule[1], channel_bias) > 0
+    return _input_grad(grad if kept else zero, value, rule)
 
 
 @njit(cache=True, inline="always")
@@ -666,8 +682,9 @@ def _single_reader(next_layer):
 def _fill_single_reader_grad_through_output_norm(next_layer, next_block, channel, width, n,
                                                  output_norm, row):
     """`_fill_next_layer_input_grad` and then `_through_output_norm` of the row, in one loop,
-    where one output of the next layer reads the channel: the same operations on each value,
-    so the same bits, with one pass over the row instead of two. The SSC module's SSC1
+    where one output of the next layer reads the channel: each value through the same
+    helpers (`_masked_term`, `_output_norm_grad`), so the same bits, with one pass over the
+    row instead of two. The SSC module's SSC1
     backward (output norm and next layer) took 0.94 of the time at 144 channels 32x32, 0.94
     with SSC2 at stride 2 (288, 32x32), 0.98 at 288 16x16, 0.96 at 576 16x16 with stride 2,
     0.97 at 576 8x8 (a scratch A/B of the two versions' `ssc_backward` in one process, median
@@ -681,15 +698,11 @@ def _fill_single_reader_grad_through_output_norm(next_layer, next_block, channel
     first = margin - (row_offsets[i] * width + col_offsets[i])  # j = 0 reads here
     upstream, mask, w = next_block[first_reader[channel], first:first + plane_size], masks[i], \
         weight[first_reader[channel], i]
-    rule = channel_rule(rules, channel)
-    channel_mean, scale, channel_bias = rule[0], rule[1], bias[channel]
+    rule, channel_bias, zero = channel_rule(rules, channel), bias[channel], row.dtype.type(0)
     values = y[n, channel]
-    zero = row.dtype.type(0)
-    for k in range(plane_size):  # `_add_masked_upstream` for the first reader, adds=False:
-        grad = upstream[k]
-        grad = zero + w * (grad if mask[k] != zero else zero)
-        kept = _normalised(values[k], channel_mean, scale, channel_bias) > 0  # then as in
-        row[k] = _input_grad(grad if kept else zero, values[k], rule)  # `_through_output_norm`
+    for k in range(plane_size):
+        grad = _masked_term(upstream[k], mask[k], w, zero, False, zero)
+        row[k] = _output_norm_grad(grad, values[k], rule, channel_bias, zero)
 
 
 @njit(cache=True, inline="always")
