@@ -3,6 +3,7 @@
 
     python benchmarks/summarize.py [FILE.json ...]      # default: benchmarks/results/full-*.json
     python benchmarks/summarize.py --across Intel       # medians of the runs on one CPU kind
+    python benchmarks/summarize.py --issue-machine      # each run's VM against the issue's figures
 
 Each row is one JSON file written by `run.py`: its commit, the CPU it ran on, the machine-speed
 probes at its start (runs before 2026-12-02n have none), PyTorch's sscresnet20 r=1 training
@@ -11,6 +12,14 @@ time its host took (steal) while each side timed r=1's training steps (runs befo
 2026-12-03d have none), then every target's value as `run.py` judged it, in bold where it
 missed. The last column counts the misses. Nothing is recomputed: the values are the ones
 the run saved.
+
+`--issue-machine` reads each run against the machine the issue was written on. The issue gives
+PyTorch's training rates there (about 580 img/s for resnet20, 220 for shiftresnet20 e=3, 19
+for sscresnet20 r=1); each row gives PyTorch's rates in the run as a share of those, and
+minissc's r=1 rate scaled by them: minissc's r=1 rate over PyTorch's resnet20 (or e=3) rate in
+the same run, times the issue's 580 (or 220). That is an extrapolation, not a measurement: it
+assumes minissc's r=1 step and PyTorch's dense steps speed up together from one machine to
+another, which the saved runs can support (the ratio's spread over them) but not prove.
 """
 from __future__ import annotations
 
@@ -33,6 +42,9 @@ SHORT_NAMES = {  # run.py's target names, shortened for a column header
     "warm Numba cache: process start -> first training step (end of the first step minus a "
     "steady step)": "warm start",
 }
+
+# PyTorch's training images/s on the issue's machine, as the issue states them ("about")
+ISSUE_TORCH_RATES = {"resnet20": 580.0, "shiftresnet20 e=3": 220.0, "sscresnet20 r=1": 19.0}
 
 
 def header(target: dict) -> str:
@@ -138,15 +150,58 @@ def across_runs(paths: list[Path], cpu: str) -> str:
     return "\n".join(lines)
 
 
+def issue_machine(paths: list[Path]) -> str:
+    """Each run's PyTorch rates against the issue's (`ISSUE_TORCH_RATES`), and minissc's r=1
+    rate scaled to the issue's machine by PyTorch's resnet20 and e=3 rates (see above)."""
+    runs = [(path, json.loads(path.read_text())) for path in paths]
+    runs = [(path, {n["label"]: n for n in results.get("networks", [])}, results["meta"])
+            for path, results in runs]
+    runs = [(path, networks, meta) for path, networks, meta in runs
+            if all(networks.get(label, {}).get("torch") for label in ISSUE_TORCH_RATES)]
+    if not runs:
+        raise SystemExit("no benchmark results with PyTorch's rates for "
+                         + ", ".join(ISSUE_TORCH_RATES))
+    dense, shift, r1 = ISSUE_TORCH_RATES
+    lines = ["| run | CPU | " + " | ".join(f"PyTorch {label}: img/s, share of the issue's "
+                                          f"{rate:.0f}" for label, rate in
+                                          ISSUE_TORCH_RATES.items())
+             + " | minissc r=1 img/s | scaled by resnet20 | scaled by e=3 | "
+             "scaled, vs the issue's PyTorch r=1 |", "|---" * 9 + "|"]
+    scaled = {dense: [], shift: []}
+    for path, networks, meta in runs:
+        torch = {label: networks[label]["torch"]["train_images_per_s"]
+                 for label in ISSUE_TORCH_RATES}
+        minissc = networks[r1]["minissc"]["train_images_per_s"]
+        for label in scaled:
+            scaled[label].append(minissc / torch[label] * ISSUE_TORCH_RATES[label])
+        cpu = meta.get("cpu", "?").replace("(R)", "").replace(" Processor", "")
+        lines.append(f"| {path.stem.removeprefix('full-')} | {cpu} | "
+                     + " | ".join(f"{torch[label]:.1f} ({torch[label] / rate:.2f})"
+                                  for label, rate in ISSUE_TORCH_RATES.items())
+                     + f" | {minissc:.1f} | {scaled[dense][-1]:.0f} | {scaled[shift][-1]:.0f} | "
+                     f"{min(scaled[dense][-1], scaled[shift][-1]) / ISSUE_TORCH_RATES[r1]:.1f}x"
+                     " |")
+    lines += ["", f"{len(runs)} runs; minissc's r=1 img/s scaled to the issue's machine, median "
+              f"(lowest-highest): by PyTorch's resnet20 {spread(scaled[dense])}, by its e=3 "
+              f"{spread(scaled[shift])}. The last column takes the lower of the two."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path,
                         help="run.py JSON files (default: benchmarks/results/full-*.json)")
     parser.add_argument("--across", metavar="CPU",
                         help="medians and ranges over the runs on a CPU whose name contains CPU")
+    parser.add_argument("--issue-machine", action="store_true",
+                        help="each run's PyTorch rates against the issue's, and minissc's r=1 "
+                             "rate scaled by them")
     args = parser.parse_args(argv)
     paths = args.files or sorted(RESULTS.glob("full-*.json"))
-    print(across_runs(paths, args.across) if args.across else table(paths))
+    if args.issue_machine:
+        print(issue_machine(paths))
+    else:
+        print(across_runs(paths, args.across) if args.across else table(paths))
     return 0
 
 

@@ -279,3 +279,30 @@ def test_across_runs_gives_medians_and_ranges_of_one_cpus_runs(tmp_path):
     assert "| r=1 training >= 200 img/s | 1 of 3 |" in text  # run b's 200.0
     with pytest.raises(SystemExit, match="no benchmark results with targets on a CPU named"):
         summarize.across_runs(paths, "Arm")
+
+
+def test_issue_machine_scales_minisscs_r1_rate_by_pytorchs_dense_rates(tmp_path, capsys):
+    paths = []
+    for name, r1_rate, with_torch in (("full-a", 127.5, True), ("full-b", 60.0, True),
+                                      ("full-c", 999.0, False)):
+        results = _results(with_torch=with_torch)
+        networks = {n["label"]: n for n in results["networks"]}
+        networks["sscresnet20 r=1"]["minissc"]["train_images_per_s"] = r1_rate
+        if with_torch:  # PyTorch here at half the issue's resnet20 rate, 0.55 of its e=3 rate
+            networks["resnet20"]["torch"]["train_images_per_s"] = 290.0
+            networks["shiftresnet20 e=3"]["torch"]["train_images_per_s"] = 121.0
+            networks["sscresnet20 r=1"]["torch"]["train_images_per_s"] = 19.0
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(results))
+    lines = summarize.issue_machine(paths).splitlines()
+    assert len([line for line in lines if line.startswith("| a ") or line.startswith("| b ")]) == 2
+    assert not any(line.startswith("| c ") for line in lines)  # no PyTorch rates to scale by
+    cells = [cell.strip() for cell in lines[2].split("|")[1:-1]]
+    # 127.5 / 290 * 580 = 255; 127.5 / 121 * 220 = 231.8; the lower over the issue's 19: 12.2x
+    assert cells == ["a", "cpu", "290.0 (0.50)", "121.0 (0.55)", "19.0 (1.00)", "127.5", "255",
+                     "232", "12.2x"]
+    assert lines[-1].startswith("2 runs; ") and "by PyTorch's resnet20 188 (120-255)" in lines[-1]
+    assert summarize.main([str(path) for path in paths] + ["--issue-machine"]) == 0
+    assert "| a | cpu |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no benchmark results with PyTorch's rates"):
+        summarize.issue_machine(paths[2:])
