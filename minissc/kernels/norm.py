@@ -124,21 +124,28 @@ def plane_moments_of_images(x, moments):
 @njit(cache=True)
 def _statistics_from_moments_kernel(moments, plane_size, mean, var):
     """One thread: a few operations per plane, too little to wake a second. Over channels in
-    `prange` the same call took 111 us, in one thread 29 us (144 channels, 128 images)."""
+    `prange` the same call took 111 us, in one thread 29 us (144 channels, 128 images).
+
+    Images in the outer loop, channels in the inner one, so that moments is read in memory
+    order: each channel's sums still add its planes in image order (the same bits as a loop
+    over images per channel), but without a jump of C * 3 values between two reads. Measured
+    with moments just rewritten by two threads (a scratch script, median of 31 calls):
+    576 channels of 8x8 planes 356 -> 208 us, 288 of 16x16 198 -> 102 us, 144 of 32x32 75
+    -> 53 us."""
     batch, channels = moments.shape[:2]
     count = batch * plane_size
-    for c in range(channels):
-        shift = moments[0, c, 0]
-        total = np.float64(0)
-        squares = np.float64(0)
-        for n in range(batch):
+    totals = np.zeros(channels)
+    squares = np.zeros(channels)
+    for n in range(batch):
+        for c in range(channels):
             plane_shift, plane_total, plane_squares = moments[n, c]
-            offset = plane_shift - shift
-            total += plane_total + plane_size * offset
-            squares += plane_squares + offset * (2 * plane_total + plane_size * offset)
-        shifted_mean = total / count
-        mean[c] = shift + shifted_mean
-        var[c] = max(0.0, squares / count - shifted_mean * shifted_mean)
+            offset = plane_shift - moments[0, c, 0]  # the channel's shift: the first image's
+            totals[c] += plane_total + plane_size * offset
+            squares[c] += plane_squares + offset * (2 * plane_total + plane_size * offset)
+    for c in range(channels):
+        shifted_mean = totals[c] / count
+        mean[c] = moments[0, c, 0] + shifted_mean
+        var[c] = max(0.0, squares[c] / count - shifted_mean * shifted_mean)
 
 
 def batch_norm_statistics_reference(x):
