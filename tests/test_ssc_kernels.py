@@ -317,6 +317,7 @@ def test_ssc_matches_dense_oracle(kernel, config, seed, dtype):
     (2, 9, 3, 1, 7, 3, 9, 2),      # one row
     (2, 9, 3, 6, 1, 3, 9, 1),      # one column
     (3, 8, 6, 7, 5, 3, 4, 2),      # G < k*k, stride 2 on odd, non-square sizes
+    (2, 18, 4, 5, 8, 3, 9, 2),     # the 3x3 stride-2 kernel, odd height, even width
     (1, 50, 4, 6, 9, 5, 25, 2),    # k = 5, two groups of 25
     (2, 3, 6, 4, 5, 1, 1, 2),      # k = 1: a strided grouped 1x1 convolution
 ])
@@ -326,6 +327,44 @@ def test_edge_shapes_match_dense_oracle(n, c, o, h, w, k, g, stride, dtype, kern
     x, weight, grad_y = ssc_problem(config, seed=7, dtype=dtype)
     with stride_1_kernel(kernel):
         check_against_dense_oracle(x, weight, grad_y, k, stride)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_norm", [False, True])
+@pytest.mark.parametrize("h, w", [(1, 1), (1, 4), (3, 1), (2, 2), (5, 3), (7, 8), (9, 9), (6, 6)])
+def test_3x3_stride2_kernel_gives_the_general_strided_kernels_values(h, w, with_norm, dtype):
+    """The stride-2 kernel for a full 3x3 grid (nine taps per output row in one pass) adds the
+    same terms in the same order as `_strided_forward_kernel`, for every size parity, with and
+    without an input norm, on inputs with signed zeros and whole rows of infinities (the taps
+    outside the image must add nothing: 0 * inf would be NaN)."""
+    c, o = 18, 4
+    x = arrays(1, (3, c, h, w)).astype(dtype)
+    x[0, :, 0, 0] = -0.0
+    x[1, ::2, 0, :] = np.inf
+    x[2, 1::2, -1, :] = -np.inf
+    weight = arrays(2, (o, 9)).astype(dtype)
+    row_offsets, col_offsets = ssc.shift_offsets(9, 3, 9)
+    assert ssc._uses_3x3_stride2_kernel(weight, row_offsets, col_offsets, 2)
+    input_norm = tuple(array.astype(dtype) for array in (
+        arrays(3, (c,)), np.abs(arrays(4, (c,))) + 0.5, arrays(5, (c,)))) if with_norm \
+        else ssc._no_input_norm(dtype)
+    input_channels = ssc.shuffled_channels(c, 2)
+    out_shape = (3, o, ssc.output_size(h, 2), ssc.output_size(w, 2))
+    general, fast = np.full(out_shape, np.nan, dtype), np.full(out_shape, np.nan, dtype)
+    ssc._strided_forward_kernel(x, weight, row_offsets, col_offsets, 2, input_channels,
+                                input_norm, general)
+    ssc._3x3_stride2_forward_kernel(x, weight, input_channels, input_norm, fast)
+    np.testing.assert_array_equal(fast, general)  # NaN where both have NaN; -0.0 == 0.0
+
+
+def test_only_a_full_3x3_grid_at_stride_2_takes_the_3x3_stride2_kernel():
+    nine, eight = np.zeros((4, 9)), np.zeros((4, 8))
+    assert ssc._uses_3x3_stride2_kernel(nine, *ssc.shift_offsets(9, 3, 9), 2)
+    assert not ssc._uses_3x3_stride2_kernel(nine, *ssc.shift_offsets(9, 3, 9), 1)
+    assert not ssc._uses_3x3_stride2_kernel(nine, *ssc.shift_offsets(9, 3, 9), 3)
+    assert not ssc._uses_3x3_stride2_kernel(eight, *ssc.shift_offsets(8, 3, 8), 2)
+    assert not ssc._uses_3x3_stride2_kernel(nine, np.zeros(9, np.int64), np.zeros(9, np.int64), 2)
+    assert not ssc._uses_3x3_stride2_kernel(nine, *ssc.shift_offsets(9, 5, 9), 2)
 
 
 @pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
