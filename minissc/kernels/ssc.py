@@ -407,10 +407,11 @@ def _3x3_stride2_forward_kernel(x, weight, input_channels, input_norm, y):
     their arithmetic). The taps outside the image: row 2Y + dy_i above or below it (only in
     the first row, and in the last one of an odd height) is read as a row of zeros with
     weight 0, column -1 (only in column 0) and column W (only in the last column of an odd
-    width) are left out where those columns are summed apart. A term left out adds 0, so
-    only the sign of a zero sum can differ from the term-by-term loop's. The terms are added
-    in tap order, each rounded as `_add_strided_row` rounds it, and
-    `tests/test_ssc_kernels.py` finds the same values.
+    width) are left out where those columns are summed apart. Such a term adds 0 (a value
+    that is never read, so an infinity there adds no NaN), where the term-by-term loop adds
+    nothing: only the sign of a zero can differ. The terms are added in tap order, each
+    rounded as `_add_strided_row` rounds it, and `tests/test_ssc_kernels.py` finds the same
+    values.
 
     Against `_strided_forward_kernel` alone (`benchmarks/ssc_versions_ab.py --against e3acad4
     [--norm] --network --rounds 15`, median ratio new / old, batch 128, 2 threads): with an
