@@ -120,7 +120,9 @@ print(f"plain loops: {1e-3 * tiny_macs / loop_seconds:.0f} thousand MACs/s; "
 #   and other group sizes, take a loop per input over the run of positions whose row reads
 #   inside the image (`flat_run`). (With stride 2 the input index is not a constant offset
 #   of the output index; `_strided_forward_kernel` goes row by row, every other value of an
-#   input row. The backward instead spreads grad_y onto the input's grid, zeros between,
+#   input row, and for a full 3 x 3 grid `_3x3_stride2_forward_kernel` adds all nine inputs
+#   in one pass over each output row, each output row reading nine fixed input rows at
+#   stride 2. The backward instead spreads grad_y onto the input's grid, zeros between,
 #   and runs the stride-1 loops: four times the terms, but vectorised, and faster than the
 #   strided loops LLVM left scalar.)
 # * The offsets are arguments: with all of them 0 the same kernel *is* the group point-wise
