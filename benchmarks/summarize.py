@@ -161,7 +161,7 @@ def issue_machine(paths: list[Path]) -> str:
     if not runs:
         raise SystemExit("no benchmark results with PyTorch's rates for "
                          + ", ".join(ISSUE_TORCH_RATES))
-    dense, shift, r1 = ISSUE_TORCH_RATES
+    dense, shift, r1 = ISSUE_TORCH_RATES  # the three models' labels
     lines = ["| run | CPU | " + " | ".join(f"PyTorch {label}: img/s, share of the issue's "
                                           f"{rate:.0f}" for label, rate in
                                           ISSUE_TORCH_RATES.items())
