@@ -78,6 +78,11 @@ def r1_steal(results: dict) -> str:
     return ", ".join("-" if share is None else f"{100 * share:.0f}%" for share in shares)
 
 
+def cpu_label(meta: dict) -> str:
+    """The run's CPU name, without "(R)" and " Processor"."""
+    return meta.get("cpu", "?").replace("(R)", "").replace(" Processor", "")
+
+
 def probes(meta: dict) -> str:
     speed = meta.get("speed_at_start")
     if not speed:
@@ -99,9 +104,8 @@ def table(paths: list[Path]) -> str:
         if [header(target) for target in targets] != headers:
             raise SystemExit(f"{path}: its targets differ from the last file's")
         missed = sum(target["status"] == "MISS" for target in targets)
-        cpu = meta.get("cpu", "?").replace("(R)", "").replace(" Processor", "")
         lines.append(f"| {path.stem.removeprefix('full-')} | {meta.get('git_commit', '?')[:7]} "
-                     f"| {cpu} | {probes(meta)} | {torch_r1_rate(results)} | "
+                     f"| {cpu_label(meta)} | {probes(meta)} | {torch_r1_rate(results)} | "
                      f"{r1_steal(results)} | "
                      + " | ".join(cell(target) for target in targets) + f" | {missed} |")
     return "\n".join(lines)
@@ -174,8 +178,7 @@ def issue_machine(paths: list[Path]) -> str:
         minissc = networks[r1]["minissc"]["train_images_per_s"]
         for label in scaled:
             scaled[label].append(minissc / torch[label] * ISSUE_TORCH_RATES[label])
-        cpu = meta.get("cpu", "?").replace("(R)", "").replace(" Processor", "")
-        lines.append(f"| {path.stem.removeprefix('full-')} | {cpu} | "
+        lines.append(f"| {path.stem.removeprefix('full-')} | {cpu_label(meta)} | "
                      + " | ".join(f"{torch[label]:.1f} ({torch[label] / rate:.2f})"
                                   for label, rate in ISSUE_TORCH_RATES.items())
                      + f" | {minissc:.1f} | {scaled[dense][-1]:.0f} | {scaled[shift][-1]:.0f} | "

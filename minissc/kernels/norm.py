@@ -124,7 +124,8 @@ def plane_moments_of_images(x, moments):
 @njit(cache=True)
 def _statistics_from_moments_kernel(moments, plane_size, mean, var):
     """One thread: a few operations per plane, too little to wake a second. Over channels in
-    `prange` the same call took 111 us, in one thread 29 us (144 channels, 128 images).
+    `prange` the same call took 111 us, in one thread 29 us (144 channels, 128 images, with
+    the loop order before the one below, on moments in cache).
 
     Images in the outer loop, channels in the inner one, so that moments is read in memory
     order: each channel's sums still add its planes in image order (the same bits as a loop

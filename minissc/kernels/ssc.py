@@ -362,17 +362,13 @@ def _strided_forward_kernel(x, weight, row_offsets, col_offsets, stride, input_c
                                      y_row[first_col:], cols)
 
 
-@njit(cache=True)
 def _uses_3x3_stride2_kernel(weight, row_offsets, col_offsets, stride):
     """Whether a layer runs on `_3x3_stride2_forward_kernel`: stride 2 and the nine offsets of
-    a full 3x3 grid in `shift_offsets` order (k = 3, G = 9: every SSC layer of the models),
-    not a group point-wise convolution's zeros."""
-    if stride != 2 or weight.shape[1] != 9:
-        return False
-    for i in range(9):
-        if row_offsets[i] != i // 3 - 1 or col_offsets[i] != i % 3 - 1:
-            return False
-    return True
+    a full 3x3 grid, `shift_offsets(9, 3, 9)` (every SSC layer of the models), not a group
+    point-wise convolution's zeros."""
+    grid_rows, grid_cols = shift_offsets(9, 3, 9)
+    return (stride == 2 and weight.shape[1] == 9 and np.array_equal(row_offsets, grid_rows)
+            and np.array_equal(col_offsets, grid_cols))
 
 
 @njit(cache=True, inline="always")
@@ -403,8 +399,8 @@ def _3x3_stride2_forward_kernel(x, weight, input_channels, input_norm, y):
     at columns 2X + dx: each output row reads nine fixed input rows, so
         y[n, o, Y, X] = sum_i W[o, i] * a[n, c_i, 2Y + dy_i, 2X + dx_i]
     is one loop over X with the nine rows' values at stride 2, instead of nine loops of a few
-    values each (on an 8x8 output, 72 loops of 8 per output plane, whose set-up cost more than
-    their arithmetic). The taps outside the image: row 2Y + dy_i above or below it (only in
+    values each (on an 8x8 output, 72 loops of 8 per output plane, each with its own set-up).
+    The taps outside the image: row 2Y + dy_i above or below it (only in
     the first row, and in the last one of an odd height) is read as a row of zeros with
     weight 0, column -1 (only in column 0) and column W (only in the last column of an odd
     width) are left out where those columns are summed apart. Such a term adds 0 (a value
