@@ -13,7 +13,8 @@ Three more rows take the rest of the step: the forward's and the backward's time
 ops (modules, graph walk, gradient sums of branching tensors) and the optimiser step. A
 second table splits the ops' time by the kernel functions they call (`minissc.kernels`, per
 function and arguments, `install_kernel_timers`): the 1x1 convolution's backward inside the
-SSC module's op, for one. The first step (Numba's compile or cache load) is not counted. Run
+SSC module's op, for one, with the cores the process kept busy while it ran (2.00 on 2
+threads if no thread ever waited). The first step (Numba's compile or cache load) is not counted. Run
 it on an idle machine:
 
     python benchmarks/profile_step.py --model sscresnet20 --r 1 [--steps 5] [--out FILE.json]
@@ -208,10 +209,11 @@ KERNEL_MODULES = (ssc, dense, norm)
 KERNEL_ROW_MIN_SHARE = 0.005  # printed kernel rows; the JSON has them all
 
 
-def install_kernel_timers(seconds, calls):
+def install_kernel_timers(seconds, calls, cpu_seconds):
     """Wrap the Python functions of the kernel modules (`minissc.kernels.ssc`, `.dense`,
     `.norm`; not their Numba kernels, which other compiled code calls) so that the outermost
-    calls, the ones the ops make, add their time to seconds[kernel label] and count in
+    calls, the ones the ops make, add their time to seconds[kernel label], the process's
+    CPU time during them (all threads) to cpu_seconds[kernel label], and count in
     calls[kernel label]; the calls they make to each other are part of their time. Returns
     a function that removes the wraps."""
     originals, depth = [], [0]
@@ -219,7 +221,7 @@ def install_kernel_timers(seconds, calls):
     def timed(function, name):
         def wrapper(*args, **kwargs):
             depth[0] += 1
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
@@ -228,6 +230,7 @@ def install_kernel_timers(seconds, calls):
                     label = _describe(name, args, kwargs) + "".join(
                         f" {a}" for a in args if _is_scalar(a))
                     seconds[label] += time.perf_counter() - start
+                    cpu_seconds[label] += time.process_time() - cpu_start
                     calls[label] += 1
         return wrapper
 
@@ -247,8 +250,8 @@ def install_kernel_timers(seconds, calls):
 def profile(name, options, batch, steps):
     """Per-step seconds of every (op label, phase), of the step's parts, calls per step, where
     the CPUs went over the steps after the first (`run.cpu_use`), each op label's work per
-    call (see `install_timers`), and per kernel label {"seconds", "calls"} per step
-    (`install_kernel_timers`)."""
+    call (see `install_timers`), and per kernel label {"seconds", "calls"} per step and the
+    cores its threads kept busy, {"cores"}: CPU seconds per second (`install_kernel_timers`)."""
     model = run.build_minissc(name, options)
     images, labels = run.random_batch(batch)
     optimizer = SGD(model.parameters(), lr=run.LR, momentum=run.MOMENTUM,
@@ -258,10 +261,12 @@ def profile(name, options, batch, steps):
     calls = collections.Counter()
     work = {}
     kernel_seconds = collections.defaultdict(float)
+    kernel_cpu_seconds = collections.defaultdict(float)
     kernel_calls = collections.Counter()
     model.train()
     remove = install_timers(op_seconds, calls, work)
-    remove_kernel_timers = install_kernel_timers(kernel_seconds, kernel_calls)
+    remove_kernel_timers = install_kernel_timers(kernel_seconds, kernel_calls,
+                                                 kernel_cpu_seconds)
     try:
         for step in range(steps + 1):
             if step == 1:  # step 0 compiled or loaded the kernels: start counting now
@@ -269,6 +274,7 @@ def profile(name, options, batch, steps):
                 parts.clear()
                 calls.clear()
                 kernel_seconds.clear()
+                kernel_cpu_seconds.clear()
                 kernel_calls.clear()
                 mark = run.cpu_mark()
             start = time.perf_counter()
@@ -289,7 +295,8 @@ def profile(name, options, batch, steps):
             {key: value / steps for key, value in parts.items()},
             {key: value // steps for key, value in calls.items()},
             run.cpu_use(timing), work,
-            {label: {"seconds": kernel_seconds[label] / steps, "calls": n // steps}
+            {label: {"seconds": kernel_seconds[label] / steps, "calls": n // steps,
+                     "cores": kernel_cpu_seconds[label] / kernel_seconds[label]}
              for label, n in kernel_calls.items()})
 
 
@@ -384,12 +391,13 @@ def main(argv=None):
                          key=lambda row: -row["seconds"])
     ops_ms = sum(t["forward"] + t["backward"] for t in ops.values()) * 1000
     kernels_ms = 1000 * sum(row["seconds"] for row in kernel_rows)
-    print(f"\nkernel functions the ops called (minissc.kernels; ms per step, calls inside them "
-          f"included); the ops' {ops_ms:.1f} ms spent {ops_ms - kernels_ms:.1f} outside them:")
+    print(f"\nkernel functions the ops called (minissc.kernels; calls, ms per step, calls inside "
+          f"them included, share, cores busy); the ops' {ops_ms:.1f} ms spent "
+          f"{ops_ms - kernels_ms:.1f} outside them:")
     shown = [row for row in kernel_rows if row["seconds"] >= KERNEL_ROW_MIN_SHARE * step]
     for row in shown:
         print(f"  {row['kernel'][:98]:98s}{row['calls']:6d}{1000 * row['seconds']:9.1f}"
-              f"{100 * row['seconds'] / step:6.1f}%")
+              f"{100 * row['seconds'] / step:6.1f}%{row['cores']:6.2f}")
     rest = kernel_rows[len(shown):]
     if rest:
         print(f"  and {len(rest)} more, each under {100 * KERNEL_ROW_MIN_SHARE:.1f}% of the step: "

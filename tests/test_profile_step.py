@@ -100,6 +100,7 @@ def test_the_printed_profile_and_its_json_give_each_ops_rate(tmp_path, capsys):
     assert saved["floor_at_shapes_ms"] > saved["floor_ms"]["memory"]
     assert "kernel functions the ops called" in printed
     assert any(row["kernel"].startswith("ssc.ssc_backward ") for row in saved["kernels"])
+    assert all(row["cores"] > 0 for row in saved["kernels"])  # CPU seconds per second
     assert saved["floor_ms"]["memory"] == pytest.approx(
         1000 * (saved["read_gb"] / saved["read_gb_per_s"]
                 + saved["written_gb"] / saved["write_gb_per_s"]))
