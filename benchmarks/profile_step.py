@@ -14,8 +14,8 @@ ops (modules, graph walk, gradient sums of branching tensors) and the optimiser 
 second table splits the ops' time by the kernel functions they call (`minissc.kernels`, per
 function and arguments, `install_kernel_timers`): the 1x1 convolution's backward inside the
 SSC module's op, for one, with the cores the process kept busy while it ran (2.00 on 2
-threads if no thread ever waited). The first step (Numba's compile or cache load) is not counted. Run
-it on an idle machine:
+threads if no thread ever waited). The first step (Numba's compile or cache load) is not
+counted. Run it on an idle machine:
 
     python benchmarks/profile_step.py --model sscresnet20 --r 1 [--steps 5] [--out FILE.json]
 """
@@ -391,8 +391,8 @@ def main(argv=None):
                          key=lambda row: -row["seconds"])
     ops_ms = sum(t["forward"] + t["backward"] for t in ops.values()) * 1000
     kernels_ms = 1000 * sum(row["seconds"] for row in kernel_rows)
-    print(f"\nkernel functions the ops called (minissc.kernels; calls, ms per step, calls inside "
-          f"them included, share, cores busy); the ops' {ops_ms:.1f} ms spent "
+    print(f"\nkernel functions the ops called (minissc.kernels; calls, ms per step with the "
+          f"calls inside them, share, cores busy); the ops' {ops_ms:.1f} ms spent "
           f"{ops_ms - kernels_ms:.1f} outside them:")
     shown = [row for row in kernel_rows if row["seconds"] >= KERNEL_ROW_MIN_SHARE * step]
     for row in shown:
