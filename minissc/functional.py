@@ -680,7 +680,8 @@ class Conv2d(Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_arrays
         return dense_kernels.conv2d_backward(x, weight, np.ascontiguousarray(grad_out),
-                                             ctx.stride, ctx.padding, ctx.groups)
+                                             ctx.stride, ctx.padding, ctx.groups,
+                                             input_grad=ctx.needs_input_grad[0])
 
 
 def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, groups: int = 1) -> Tensor:

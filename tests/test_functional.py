@@ -352,6 +352,23 @@ def test_gradcheck_conv2d(stride, padding, groups, k, bias):
     assert_gradients_match(lambda x, w, b: F.conv2d(x, w, b, stride, padding, groups), x, w, b)
 
 
+def test_conv2d_on_data_computes_no_input_gradient(monkeypatch):
+    """An input that needs no gradient (a network's image batch) gets none computed; the
+    weight's gradient is the same to the bit."""
+    x_data, w = leaf(0, (2, 3, 5, 6)).data, leaf(1, (4, 3, 3, 3))
+    upstream = leaf(2, (2, 4, 5, 6)).data
+    F.conv2d(Tensor(x_data, requires_grad=True), w, padding=1).backward(upstream)
+    with_input_grad = w.grad.copy()
+    asked = []
+    backward = dense.conv2d_backward
+    monkeypatch.setattr(dense, "conv2d_backward", lambda *args, **options: asked.append(
+        options["input_grad"]) or backward(*args, **options))
+    w.grad = None
+    F.conv2d(Tensor(x_data), w, padding=1).backward(upstream)
+    assert asked == [False]
+    np.testing.assert_array_equal(w.grad, with_input_grad)
+
+
 def test_gradcheck_channel_shuffle_pool_linear_and_add():
     x = leaf(0, (2, 6, 3, 4))
     assert_gradients_match(lambda x: F.channel_shuffle(x, 3), x)

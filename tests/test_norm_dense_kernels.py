@@ -383,6 +383,10 @@ def test_conv2d_edge_shapes(n, c, o, h, w, kh, kw, stride, padding, groups, dtyp
     tolerance = max(ORACLE_TOLERANCE[dtype], GRADIENT_TOLERANCE)
     assert_close(grad_x, expected[0], tolerance)
     assert_close(grad_weight, expected[1], tolerance)
+    no_grad_x, same_grad_weight = dense.conv2d_backward(x, weight, upstream, *layout(config),
+                                                        input_grad=False)
+    assert no_grad_x is None
+    np.testing.assert_array_equal(same_grad_weight, grad_weight)
 
 
 @settings(max_examples=100)

@@ -93,8 +93,10 @@ def conv2d_forward(x, weight, stride, padding, groups, moments=None):
     return y
 
 
-def conv2d_backward(x, weight, grad_y, stride, padding, groups):
-    """Gradients (grad_x, grad_weight) of y = conv2d_forward(x, weight, ...).
+def conv2d_backward(x, weight, grad_y, stride, padding, groups, input_grad=True):
+    """Gradients (grad_x, grad_weight) of y = conv2d_forward(x, weight, ...); grad_x is None
+    with ``input_grad=False`` (a network's first layer, whose input is data), which skips
+    its product and col2im.
 
     Per image n and group g, y[n, g] = W[g] @ cols[n, g] is a matrix product, so
         grad_W[g] = sum_n grad_y[n, g] @ cols[n, g]^T,
@@ -124,7 +126,7 @@ def conv2d_backward(x, weight, grad_y, stride, padding, groups):
     out_h, out_w = grad_y.shape[2:]
     images_per_chunk = _images_per_backward_chunk(grad_y.shape, x.dtype)
     weight_groups_transposed = _group_matrices(weight, groups).transpose(0, 2, 1)
-    grad_x = np.empty(x.shape, x.dtype)
+    grad_x = np.empty(x.shape, x.dtype) if input_grad else None
     outputs_per_group, weights_per_output = weight.shape[0] // groups, weight[0].size
     transposed = weights_per_output > outputs_per_group  # grad_W's rows: the longer side
 
@@ -132,10 +134,10 @@ def conv2d_backward(x, weight, grad_y, stride, padding, groups):
         columns = _group_columns(_im2col(x[images], kh, kw, stride, padding, out_h, out_w), groups)
         images_in_chunk = columns.shape[0]
         grad_y_groups = grad_y[images].reshape(images_in_chunk, groups, -1, out_h * out_w)
-        if kh == kw == 1 and padding == 0 and stride == 1:  # columns = x: grad_x = grad_cols
+        if input_grad and kh == kw == 1 and padding == 0 and stride == 1:  # grad_x = grad_cols
             np.matmul(weight_groups_transposed, grad_y_groups,
                       out=grad_x[images].reshape(images_in_chunk, groups, -1, out_h * out_w))
-        else:
+        elif input_grad:
             grad_columns = weight_groups_transposed @ grad_y_groups
             _col2im(grad_columns.reshape(images_in_chunk, channels, kh, kw, out_h, out_w),
                     stride, padding, grad_x[images])
