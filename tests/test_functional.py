@@ -361,8 +361,12 @@ def test_conv2d_on_data_computes_no_input_gradient(monkeypatch):
     with_input_grad = w.grad.copy()
     asked = []
     backward = dense.conv2d_backward
-    monkeypatch.setattr(dense, "conv2d_backward", lambda *args, **options: asked.append(
-        options["input_grad"]) or backward(*args, **options))
+
+    def recording_backward(*args, **options):
+        asked.append(options["input_grad"])
+        return backward(*args, **options)
+
+    monkeypatch.setattr(dense, "conv2d_backward", recording_backward)
     w.grad = None
     F.conv2d(Tensor(x_data), w, padding=1).backward(upstream)
     assert asked == [False]
