@@ -367,6 +367,19 @@ def test_only_a_full_3x3_grid_at_stride_2_takes_the_3x3_stride2_kernel():
     assert not ssc._uses_3x3_stride2_kernel(nine, *ssc.shift_offsets(9, 5, 9), 2)
 
 
+def test_shared_shift_masks_are_computed_once_per_set_of_arguments():
+    dy, dx = ssc.shift_offsets(9, 3, 9)
+    first = ssc._shared_shift_masks(-dy, -dx, 5, 7, np.float32, 2)
+    np.testing.assert_array_equal(first, ssc.shift_masks(-dy, -dx, 5, 7, np.float32, 2))
+    assert first.dtype == np.float32
+    assert ssc._shared_shift_masks(-dy.copy(), -dx.copy(), 5, 7, np.float32, 2) is first
+    for other in [(dy, dx, 5, 7, np.float32, 2), (-dy, -dx, 7, 5, np.float32, 2),
+                  (-dy, -dx, 5, 7, np.float64, 2), (-dy, -dx, 5, 7, np.float32, 1)]:
+        masks = ssc._shared_shift_masks(*other)
+        assert masks is not first
+        np.testing.assert_array_equal(masks, ssc.shift_masks(*other))
+
+
 @pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
 @pytest.mark.parametrize("shuffle_groups", [2, 3, 6])
 def test_shuffle_folded_into_the_kernels_equals_a_shuffled_copy(shuffle_groups, kernel):
