@@ -223,9 +223,11 @@ def shift_masks(row_offsets, col_offsets, height, width, dtype, stride=1):
 
 def _shared_shift_masks(row_offsets, col_offsets, height, width, dtype, stride=1):
     """`shift_masks`, computed once for each set of arguments and then the same array for
-    every call: the kernels only read their masks, and nothing may write to it. A training
-    step of sscresnet20 (r=1) asked for the same few sets 43 times, 3.6 ms a step on one
-    core while the other waited (a scratch script timing each call in training steps)."""
+    every call: the kernels only read their masks, and nothing may write to it. (It stays
+    writeable: a read-only array has another Numba type, for which every kernel that takes
+    masks would compile again.) A training step of sscresnet20 (r=1) asked for the same few
+    sets 43 times, 3.6 ms a step on one core while the other waited (a scratch script timing
+    each call in training steps)."""
     return _cached_shift_masks(tuple(row_offsets.tolist()), tuple(col_offsets.tolist()),
                                height, width, np.dtype(dtype), stride)
 
