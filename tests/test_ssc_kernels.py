@@ -31,18 +31,22 @@ def assert_close(actual, expected, tolerance):
 
 
 STRIDE_1_KERNELS = ["flat", "group"]
+# and the group forward with three outputs a pass, which it takes on large planes only
+FORWARD_KERNELS = STRIDE_1_KERNELS + ["group, three outputs a pass"]
 
 
 @contextlib.contextmanager
 def stride_1_kernel(name):
     """Run stride-1 layers on the flat kernels (a masked shifted read per output) or on the
-    group kernels (one shifted copy per group), whatever the layer's outputs per group."""
-    saved = ssc.GROUP_KERNEL_MIN_OUTPUTS
-    ssc.GROUP_KERNEL_MIN_OUTPUTS = 1 if name == "group" else np.iinfo(np.int64).max
+    group kernels (one shifted copy per group), whatever the layer's outputs per group; the
+    group forward with one output a pass, or with three whatever the plane's size."""
+    saved = ssc.GROUP_KERNEL_MIN_OUTPUTS, ssc.THREE_OUTPUTS_MIN_PLANE_SIZE
+    ssc.GROUP_KERNEL_MIN_OUTPUTS = np.iinfo(np.int64).max if name == "flat" else 1
+    ssc.THREE_OUTPUTS_MIN_PLANE_SIZE = 0 if "three" in name else np.iinfo(np.int64).max
     try:
         yield
     finally:
-        ssc.GROUP_KERNEL_MIN_OUTPUTS = saved
+        ssc.GROUP_KERNEL_MIN_OUTPUTS, ssc.THREE_OUTPUTS_MIN_PLANE_SIZE = saved
 
 
 def weight_grad_chunks(config):
@@ -90,7 +94,7 @@ def test_shift_matches_reference(config, seed, dtype):
                                   ssc.shift_backward_reference(x, k, group_size))
 
 
-@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("kernel", FORWARD_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
 def test_group_pointwise_matches_reference(kernel, config, seed, dtype):
@@ -108,7 +112,7 @@ def test_group_pointwise_matches_reference(kernel, config, seed, dtype):
         assert_close(grad_weight, expected_grad_weight, tolerance)
 
 
-@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("kernel", FORWARD_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
 def test_ssc_matches_reference(kernel, config, seed, dtype):
@@ -131,7 +135,7 @@ def input_norm_problem(channels, seed, dtype):
     return tuple(arrays(seed + k, (channels,), dtype) for k in range(3))
 
 
-@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("kernel", FORWARD_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes, st.data())
 def test_input_norm_equals_the_kernels_on_the_stored_activation(kernel, config, seed, dtype,
@@ -159,7 +163,7 @@ def test_input_norm_equals_the_kernels_on_the_stored_activation(kernel, config, 
             assert_close(actual, expected, tolerance)
 
 
-@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("kernel", FORWARD_KERNELS)
 @settings(max_examples=60)
 @given(ssc_configs(), seeds, dtypes, st.booleans())
 def test_forward_moments_equal_those_of_the_stored_output(kernel, config, seed, dtype,
@@ -176,6 +180,27 @@ def test_forward_moments_equal_those_of_the_stored_output(kernel, config, seed, 
         np.testing.assert_array_equal(y, ssc.ssc_forward(x, weight, *layer,
                                                          input_norm=input_norm))
         np.testing.assert_array_equal(moments, norm.plane_moments(y))
+
+
+@settings(max_examples=60)
+@given(ssc_configs(strides=(1,)), seeds, dtypes, st.booleans())
+def test_group_forward_gives_the_same_bits_with_one_or_three_outputs_a_pass(config, seed, dtype,
+                                                                            with_norm):
+    """Three outputs a pass (large planes) computes each output's sum as one output a pass
+    does, so y and its plane moments are the same to the bit, whatever the outputs per group
+    (a last pass partly past the group's end) and inputs per group (past nine)."""
+    x, weight, _ = ssc_problem(config, seed, dtype)
+    input_norm = input_norm_problem(config["c"], seed + 3, dtype) if with_norm else None
+    results = []
+    for kernel in ("group", "group, three outputs a pass"):
+        with stride_1_kernel(kernel):
+            moments = np.empty((config["n"], config["o"], 3))
+            y = ssc.ssc_forward(x, weight, config["k"], 1, input_norm=input_norm,
+                                moments=moments)
+            results.append((y, moments))
+    (y_one, moments_one), (y_three, moments_three) = results
+    np.testing.assert_array_equal(y_three, y_one)
+    np.testing.assert_array_equal(moments_three, moments_one)
 
 
 @pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
@@ -302,7 +327,7 @@ def check_against_dense_oracle(x, weight, grad_y, kernel_size, stride):
     assert_close(grad_weight, expected_grad_weight, tolerance)
 
 
-@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("kernel", FORWARD_KERNELS)
 @settings(max_examples=100)
 @given(ssc_configs(), seeds, dtypes)
 def test_ssc_matches_dense_oracle(kernel, config, seed, dtype):
@@ -321,7 +346,7 @@ def test_ssc_matches_dense_oracle(kernel, config, seed, dtype):
     (1, 50, 4, 6, 9, 5, 25, 2),    # k = 5, two groups of 25
     (2, 3, 6, 4, 5, 1, 1, 2),      # k = 1: a strided grouped 1x1 convolution
 ])
-@pytest.mark.parametrize("kernel", STRIDE_1_KERNELS)
+@pytest.mark.parametrize("kernel", FORWARD_KERNELS)
 def test_edge_shapes_match_dense_oracle(n, c, o, h, w, k, g, stride, dtype, kernel):
     config = dict(n=n, c=c, o=o, h=h, w=w, k=k, g=g, stride=stride)
     x, weight, grad_y = ssc_problem(config, seed=7, dtype=dtype)

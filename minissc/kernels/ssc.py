@@ -655,9 +655,33 @@ def _weight_or_zero(weight, o, i, stop):
     return weight[o, i] if o < stop and i < weight.shape[1] else weight.dtype.type(0)
 
 
+@njit(cache=True, inline="always")
+def _nine_weights(weight, o, stop):
+    """weight[o, 0], ..., weight[o, 8], with 0 past the row's end (G < 9) or for o >= stop."""
+    return (_weight_or_zero(weight, o, 0, stop), _weight_or_zero(weight, o, 1, stop),
+            _weight_or_zero(weight, o, 2, stop), _weight_or_zero(weight, o, 3, stop),
+            _weight_or_zero(weight, o, 4, stop), _weight_or_zero(weight, o, 5, stop),
+            _weight_or_zero(weight, o, 6, stop), _weight_or_zero(weight, o, 7, stop),
+            _weight_or_zero(weight, o, 8, stop))
+
+
+@njit(cache=True, inline="always")
+def _nine_term_sum(w, v0, v1, v2, v3, v4, v5, v6, v7, v8):
+    """w[0] * v0 + w[1] * v1 + ... + w[8] * v8, a chain of `multiply_add` in that order."""
+    total = w[0] * v0
+    total = multiply_add(w[1], v1, total)
+    total = multiply_add(w[2], v2, total)
+    total = multiply_add(w[3], v3, total)
+    total = multiply_add(w[4], v4, total)
+    total = multiply_add(w[5], v5, total)
+    total = multiply_add(w[6], v6, total)
+    total = multiply_add(w[7], v7, total)
+    return multiply_add(w[8], v8, total)
+
+
 @njit(cache=True, parallel=True)
 def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, input_norm, width,
-                          columns, masks, y, moments):
+                          columns, masks, pass_outputs, y, moments):
     """Stride 1, planes flat, for groups with several outputs: the same sums as
     `_flat_forward_kernel`, with the shift done once per group instead of once per output.
 
@@ -683,6 +707,19 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
     144->144 32x32, 0.96x at 288->288 16x16 (`benchmarks/ssc_versions_ab.py --against af99682
     --rounds 15`, median ratios); the group backward's, 0.93-0.94x.
 
+    On planes of 1,024 values or more (32x32) a pass sums three outputs side by side
+    (pass_outputs = (0, 1, 2) rather than (0,), from `THREE_OUTPUTS_MIN_PLANE_SIZE`; a tuple,
+    so that each length compiles to a kernel of its own with the other branch dropped). It
+    loads the nine shifted values once for three outputs, and each output's chain is the one
+    above, so the same bits. A pass's outputs past the group's end go to a spare row, with
+    weight 0. Nine such planes (36 KB) outgrow a 32 KB L1 data cache, and one output a pass
+    reads them back from L2 for every output. On the AMD EPYC (Zen 4) VM of 2026-12-04
+    (`benchmarks/ssc_versions_ab.py --against 0ca3402 --rounds 15`, with and without an input
+    norm): 0.82 and 0.84 at 144->144 32x32, and 0.95-1.03 at 576->576 8x8 and 288->288 16x16,
+    which keep one output a pass. Three outputs a pass at every size had taken 1.09-1.19 at
+    8x8 and 1.04-1.34 at 16x16, whose nine planes fit L1 (and the entry of full-20261203l had
+    found it no faster on an Intel VM, with 8-lane vectors).
+
     moments: (N, O, 3) float64 to take each finished plane's moments in (`_plane_moments`,
     for the next batch norm's statistics), or an empty (0, 0, 3) array.
     """
@@ -690,8 +727,10 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
     out_channels, group_size = weight.shape
     groups = channels // group_size
     outputs_per_group = out_channels // groups
+    outputs_per_pass = len(pass_outputs)  # known when compiled: a kernel for each
     for n in prange(batch):
         shifted = np.zeros((max(group_size, 9), plane_size), x.dtype)
+        spare = np.empty((2, plane_size), x.dtype)  # the outputs a pass has past its group's end
         sample = x[n].ravel()  # x is C-contiguous: a view of all of sample n's planes
         for g in range(groups):
             for i in range(group_size):  # shifted[i] = input i shifted by (dy_i, dx_i), 0 outside
@@ -707,29 +746,45 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
                     _copy_shifted_normalised_plane(x[n, channel], channel, input_norm,
                                                    row_offsets[i], col_offsets[i], width,
                                                    columns, shifted[i])
-            for o in range(g * outputs_per_group, (g + 1) * outputs_per_group):
+            group_stop = (g + 1) * outputs_per_group
+            first_output = g * outputs_per_group
+            for o in range(first_output, group_stop):
                 y_plane = y[n, o]
-                w0, w1, w2 = weight[o, 0], _weight_or_zero(weight, o, 1, out_channels), \
-                    _weight_or_zero(weight, o, 2, out_channels)
-                w3, w4, w5 = _weight_or_zero(weight, o, 3, out_channels), \
-                    _weight_or_zero(weight, o, 4, out_channels), \
-                    _weight_or_zero(weight, o, 5, out_channels)
-                w6, w7, w8 = _weight_or_zero(weight, o, 6, out_channels), \
-                    _weight_or_zero(weight, o, 7, out_channels), \
-                    _weight_or_zero(weight, o, 8, out_channels)
                 plane0, plane1, plane2 = shifted[0], shifted[1], shifted[2]
                 plane3, plane4, plane5 = shifted[3], shifted[4], shifted[5]
                 plane6, plane7, plane8 = shifted[6], shifted[7], shifted[8]
-                for k in range(plane_size):  # w0 * plane0[k] + ... + w8 * plane8[k]
-                    total = w0 * plane0[k]
-                    total = multiply_add(w1, plane1[k], total)
-                    total = multiply_add(w2, plane2[k], total)
-                    total = multiply_add(w3, plane3[k], total)
-                    total = multiply_add(w4, plane4[k], total)
-                    total = multiply_add(w5, plane5[k], total)
-                    total = multiply_add(w6, plane6[k], total)
-                    total = multiply_add(w7, plane7[k], total)
-                    y_plane[k] = multiply_add(w8, plane8[k], total)
+                if outputs_per_pass == 1:
+                    w0, w1, w2 = weight[o, 0], _weight_or_zero(weight, o, 1, out_channels), \
+                        _weight_or_zero(weight, o, 2, out_channels)
+                    w3, w4, w5 = _weight_or_zero(weight, o, 3, out_channels), \
+                        _weight_or_zero(weight, o, 4, out_channels), \
+                        _weight_or_zero(weight, o, 5, out_channels)
+                    w6, w7, w8 = _weight_or_zero(weight, o, 6, out_channels), \
+                        _weight_or_zero(weight, o, 7, out_channels), \
+                        _weight_or_zero(weight, o, 8, out_channels)
+                    for k in range(plane_size):  # w0 * plane0[k] + ... + w8 * plane8[k]
+                        total = w0 * plane0[k]
+                        total = multiply_add(w1, plane1[k], total)
+                        total = multiply_add(w2, plane2[k], total)
+                        total = multiply_add(w3, plane3[k], total)
+                        total = multiply_add(w4, plane4[k], total)
+                        total = multiply_add(w5, plane5[k], total)
+                        total = multiply_add(w6, plane6[k], total)
+                        total = multiply_add(w7, plane7[k], total)
+                        y_plane[k] = multiply_add(w8, plane8[k], total)
+                elif (o - first_output) % 3 == 0:  # the same sums of o, o + 1, o + 2 side by side
+                    y_b = y[n, o + 1] if o + 1 < group_stop else spare[0]
+                    y_c = y[n, o + 2] if o + 2 < group_stop else spare[1]
+                    w_a = _nine_weights(weight, o, group_stop)
+                    w_b = _nine_weights(weight, o + 1, group_stop)
+                    w_c = _nine_weights(weight, o + 2, group_stop)
+                    for k in range(plane_size):
+                        v0, v1, v2 = plane0[k], plane1[k], plane2[k]
+                        v3, v4, v5 = plane3[k], plane4[k], plane5[k]
+                        v6, v7, v8 = plane6[k], plane7[k], plane8[k]
+                        y_plane[k] = _nine_term_sum(w_a, v0, v1, v2, v3, v4, v5, v6, v7, v8)
+                        y_b[k] = _nine_term_sum(w_b, v0, v1, v2, v3, v4, v5, v6, v7, v8)
+                        y_c[k] = _nine_term_sum(w_c, v0, v1, v2, v3, v4, v5, v6, v7, v8)
                 for i in range(9, group_size):
                     w, shifted_plane = weight[o, i], shifted[i]
                     for k in range(plane_size):
@@ -1085,6 +1140,10 @@ def shuffled_channels(channels, shuffle_groups):
 
 GROUP_KERNEL_MIN_OUTPUTS = 4
 
+# The group forward sums three outputs a pass on planes of at least this many values, one output
+# a pass on smaller ones (`pass_outputs`, see `_group_forward_kernel`).
+THREE_OUTPUTS_MIN_PLANE_SIZE = 1024
+
 # The backward kernels run over min(batch, WEIGHT_GRAD_CHUNKS) chunks of consecutive samples in
 # parallel, and each chunk adds its weight sums into a float64 partial of its own (O, G): 32
 # chunks of a batch of 128 divide evenly among 2, 4, 8 or 16 threads. One partial per sample,
@@ -1120,9 +1179,10 @@ def _shifted_pointwise_forward(x, weight, row_offsets, col_offsets, stride, shuf
     if _uses_group_kernels(channels, weight, stride):
         kernel_moments = np.empty((0, 0, 3)) if moments is None else moments
         masks = _shared_shift_masks(row_offsets, col_offsets, height, width, x.dtype)
+        pass_outputs = (0, 1, 2) if height * width >= THREE_OUTPUTS_MIN_PLANE_SIZE else (0,)
         _group_forward_kernel(planes(x), weight, row_offsets, col_offsets,
                               input_channels, input_norm, width, plane_columns(width, height),
-                              masks, planes(y), kernel_moments)
+                              masks, pass_outputs, planes(y), kernel_moments)
         return y
     if stride == 1:
         masks = _shared_shift_masks(row_offsets, col_offsets, height, width, x.dtype)
