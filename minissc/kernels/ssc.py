@@ -945,8 +945,15 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     The group's first nine outputs share one pass over the plane: it reads the input and
     writes the gradient plane once for all nine, and their nine weight sums run side by side
     in vector registers. The sums stay in this loop with the stores, unlike
-    `_flat_backward_kernel`'s (a second loop for them cost 1.1-1.3x at 16x16 and 32x32);
-    `tests/test_ssc_kernels.py` repeats thousands of tiny calls and finds the same bits.
+    `_flat_backward_kernel`'s (a second loop for them cost 1.1-1.3x at 16x16 and 32x32).
+    That loop is vectorised behind LLVM's run-time check that its stores do not overlap its
+    other arrays, and the check fails for arrays that lie close together: the loop then runs
+    scalar, and its sums come out in another order. The arrays of a training step (megabytes
+    each) are far apart. `tests/test_ssc_kernels.py` repeats thousands of tiny calls and
+    finds the same bits, but its calls have one sample a chunk (below). With pairs (batches
+    of 2 to 4 in one chunk), a scratch loop of those tiny calls, each made again on copies of
+    its inputs, found other weight-gradient bits in 2 of 9,000 calls, and 2 of 6,000 in a
+    second run.
     The gradient's nine-term sum and the nine weight sums are `multiply_add` chains, as in
     the forward. A group with fewer than nine outputs reads its last output again in the
     missing places, with weight 0, and drops their sums (with a non-finite grad_y that adds
@@ -961,10 +968,16 @@ def _group_backward_kernel(x, weight, grad_y, row_offsets, col_offsets, input_ch
     number of threads, since the pairs follow from the chunks. A chunk's odd last sample is
     its own partner: its gradient plane is written twice with the same values, and the
     partner's weight-sum terms are multiplied by 0 (with a non-finite upstream gradient that
-    adds NaN, as for missing outputs). The two samples' terms are written out one after the
-    other: as one inline helper called twice (nine sums in and out as a tuple) the pass ran
-    1.04-1.11x slower with an input norm and 0.95-1.04x without (a scratch script, medians
-    of 15 alternating calls, two runs).
+    adds NaN, as for missing outputs). Its two stores alias, so such a pass always runs
+    scalar: at 144->144 32x32 on one thread, a batch of 32 (32 chunks of one sample) took
+    7x the time per sample of a batch of 128 (145 against 20 ms per 128 samples; 2026-12-04,
+    a scratch script). A scratch row for the missing partner's plane made it vectorised (33
+    ms), and placement-dependent like the pairs above; written to scratch rows and copied out,
+    both samples' planes took 1.24-1.35x the time at batch 128. Neither was kept.
+    The two samples' terms are written out one after the other: as one inline helper
+    called twice (nine sums in and out as a tuple) the pass ran 1.04-1.11x slower with an
+    input norm and 0.95-1.04x without (a scratch script, medians of 15 alternating calls,
+    two runs).
 
     Against one sample a pass (the commit before; `benchmarks/ssc_versions_ab.py --against
     c3691ea`, 15 and 21 rounds, median ratio new / old, 2 threads, batch 128; the same
