@@ -716,9 +716,9 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
     reads them back from L2 for every output. On the AMD EPYC (Zen 4) VM of 2026-12-04
     (`benchmarks/ssc_versions_ab.py --against 0ca3402 --rounds 15`, with and without an input
     norm): 0.82 and 0.84 at 144->144 32x32, and 0.95-1.03 at 576->576 8x8 and 288->288 16x16,
-    which keep one output a pass. Three outputs a pass at every size had taken 1.09-1.19 at
-    8x8 and 1.04-1.34 at 16x16, whose nine planes fit L1 (and the entry of full-20261203l had
-    found it no faster on an Intel VM, with 8-lane vectors).
+    which keep one output a pass. Three outputs a pass at every size had taken 1.19 at 8x8
+    and 1.34 at 16x16 (with an input norm), whose nine planes fit L1; the entry of
+    full-20261203l had found it no faster on an Intel VM, with 8-lane vectors.
 
     moments: (N, O, 3) float64 to take each finished plane's moments in (`_plane_moments`,
     for the next batch norm's statistics), or an empty (0, 0, 3) array.
