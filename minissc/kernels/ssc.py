@@ -754,24 +754,11 @@ def _group_forward_kernel(x, weight, row_offsets, col_offsets, input_channels, i
                 plane3, plane4, plane5 = shifted[3], shifted[4], shifted[5]
                 plane6, plane7, plane8 = shifted[6], shifted[7], shifted[8]
                 if outputs_per_pass == 1:
-                    w0, w1, w2 = weight[o, 0], _weight_or_zero(weight, o, 1, out_channels), \
-                        _weight_or_zero(weight, o, 2, out_channels)
-                    w3, w4, w5 = _weight_or_zero(weight, o, 3, out_channels), \
-                        _weight_or_zero(weight, o, 4, out_channels), \
-                        _weight_or_zero(weight, o, 5, out_channels)
-                    w6, w7, w8 = _weight_or_zero(weight, o, 6, out_channels), \
-                        _weight_or_zero(weight, o, 7, out_channels), \
-                        _weight_or_zero(weight, o, 8, out_channels)
-                    for k in range(plane_size):  # w0 * plane0[k] + ... + w8 * plane8[k]
-                        total = w0 * plane0[k]
-                        total = multiply_add(w1, plane1[k], total)
-                        total = multiply_add(w2, plane2[k], total)
-                        total = multiply_add(w3, plane3[k], total)
-                        total = multiply_add(w4, plane4[k], total)
-                        total = multiply_add(w5, plane5[k], total)
-                        total = multiply_add(w6, plane6[k], total)
-                        total = multiply_add(w7, plane7[k], total)
-                        y_plane[k] = multiply_add(w8, plane8[k], total)
+                    w_a = _nine_weights(weight, o, group_stop)
+                    for k in range(plane_size):
+                        y_plane[k] = _nine_term_sum(w_a, plane0[k], plane1[k], plane2[k],
+                                                    plane3[k], plane4[k], plane5[k], plane6[k],
+                                                    plane7[k], plane8[k])
                 elif (o - first_output) % 3 == 0:  # the same sums of o, o + 1, o + 2 side by side
                     y_b = y[n, o + 1] if o + 1 < group_stop else spare[0]
                     y_c = y[n, o + 2] if o + 2 < group_stop else spare[1]
